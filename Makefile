@@ -8,7 +8,7 @@ NO_STD_TARGET := x86_64-unknown-none
 LIB_CRATES := -p vmsa -p doorbell -p apic -p kernel
 NIGHTLY ?= nightly
 
-.PHONY: all build test lint fmt doc bench miri run fuzz loom clean
+.PHONY: all build test image-test lint fmt doc bench miri run fuzz loom clean
 
 all: build test
 
@@ -19,17 +19,25 @@ build:
 test:
 	$(CARGO) test --workspace
 	$(MAKE) loom
+	$(MAKE) image-test
+
+# The in-kernel tests: the crates' unit tests and the #HV tests, booted under QEMU.
+image-test:
+	tests/image/run-tests.sh
 
 # Model checks of the lock-free doorbell and mailbox code (spec §3).
 loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 	  $(CARGO) test --release -p doorbell --test loom
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+	  $(CARGO) test --release -p kernel --test loom
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target $(NO_STD_TARGET) $(LIB_CRATES) -- -D warnings
 	$(CARGO) clippy --target $(NO_STD_TARGET) $(LIB_CRATES) --features ktests -- -D warnings
+	$(CARGO) clippy --target $(NO_STD_TARGET) -p image -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -44,6 +52,16 @@ bench:
 miri:
 	rustup component add --toolchain $(NIGHTLY) miri rust-src >/dev/null
 	MIRIFLAGS="-Zmiri-strict-provenance" $(CARGO) +$(NIGHTLY) miri test $(LIB_CRATES) --lib
+
+# Each cargo-fuzz target under tests/fuzz for FUZZ_SECONDS (nightly; cargo-fuzz installed on demand).
+FUZZ_SECONDS ?= 60
+fuzz:
+	rustup toolchain install $(NIGHTLY) --profile minimal >/dev/null
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $$($(CARGO) +$(NIGHTLY) fuzz list --fuzz-dir tests/fuzz); do \
+	  CARGO_TARGET_DIR=target/fuzz $(CARGO) +$(NIGHTLY) fuzz run --fuzz-dir tests/fuzz $$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 run:
 	@echo "svsm-interrupt-injection: no_std crates an SVSM links to inject interrupts"

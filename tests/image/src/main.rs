@@ -1,0 +1,58 @@
+//! Bootable test image: a tiny x86_64 kernel that runs every crate's in-kernel
+//! unit tests (`ktest::suite!`) under QEMU, with a real IDT and real interrupts.
+//!
+//! QEMU boots it with `-kernel` through the PVH entry (`boot`); it sets up serial
+//! output on COM1, an IDT whose vector 28 (#HV) runs the #HV logic (`hv`), the
+//! local APIC in xAPIC mode (its timer is the asynchronous #HV source), and runs
+//! the tests (`runner`). See docs/testing.md; run it with `tests/image/run-tests.sh`.
+//!
+//! The kernel only exists for `target_os = "none"`; the host build is a stub so
+//! that workspace-wide host commands keep working.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+mod serial;
+
+#[cfg(target_os = "none")]
+mod boot;
+#[cfg(target_os = "none")]
+mod cpu;
+#[cfg(target_os = "none")]
+mod hv;
+#[cfg(target_os = "none")]
+mod hv_tests;
+#[cfg(target_os = "none")]
+mod idt;
+#[cfg(target_os = "none")]
+mod lapic;
+#[cfg(target_os = "none")]
+mod runner;
+#[cfg(target_os = "none")]
+mod time;
+
+/// Called by `boot` in long mode with the physical address of `hvm_start_info`.
+#[cfg(target_os = "none")]
+#[unsafe(no_mangle)]
+extern "C" fn kmain(start_info: u32) -> ! {
+    use serial::println;
+
+    serial::init();
+    boot::save_cmdline(start_info);
+    idt::init();
+    if let Err(message) = lapic::init() {
+        runner::fail(format_args!("{message}"));
+    }
+    let tsc_per_ms = time::calibrate();
+    let mut buf: boot::CmdlineBuf = [0; boot::CMDLINE_MAX];
+    let filter = boot::cmdline(&mut buf);
+    println!("image: long mode up, TSC {tsc_per_ms} ticks/ms, filter {filter:?}");
+    runner::run(filter)
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    println!(
+        "The test image is a kernel for x86_64-unknown-none; run it under QEMU with \
+         tests/image/run-tests.sh [FILTER]"
+    );
+}
