@@ -63,10 +63,13 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
+# The main demo: the real engine driven by the simulated hypervisor, hardware and guest.
+SCENARIO ?= idle-timer
+VCPUS ?= 4
+SEED ?= 1
+STEPS ?= 200000
 run:
-	@echo "svsm-interrupt-injection: no_std crates an SVSM links to inject interrupts"
-	@echo "into an SEV-SNP guest running with Alternate Injection."
-	@echo "The simulator that drives the engine end to end is not built yet; see README.md."
+	$(CARGO) run --release -p sim -- --scenario $(SCENARIO) --vcpus $(VCPUS) --seed $(SEED) --steps $(STEPS)
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,57 @@
+//! Per-vCPU counters: a plain `Copy` struct the SVSM can read at any time
+//! (`VcpuEngine::counters`). Increments saturate, so a hostile host cannot
+//! wrap them.
+
+/// Event counts of one vCPU's engine.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Counters {
+    /// Interrupts presented for immediate delivery through EVENTINJ.
+    pub presented_eventinj: u64,
+    /// Interrupts queued through V_IRQ.
+    pub presented_virq: u64,
+    /// V_IRQ queue entries the guest took (hardware cleared V_IRQ).
+    pub virq_acknowledged: u64,
+    /// Presentations taken back after an exit (EVENTINJ still valid, V_IRQ
+    /// not taken): the vector went back to IRR.
+    pub recalled: u64,
+    /// EXITINTINFO events copied back into EVENTINJ.
+    pub reinjected: u64,
+    /// EOIs the guest skipped through `no_eoi_required`, performed by the engine.
+    pub lazy_eois: u64,
+    /// #HV IPIs sent to wake another vCPU.
+    pub kicks_sent: u64,
+    /// Posts that needed no kick (target mailbox already non-empty).
+    pub kicks_suppressed: u64,
+    /// Host-presented vectors refused (0-30, CONFIGURE_VECTOR filter, bad descriptor).
+    pub host_vectors_rejected: u64,
+    /// Host-presented vectors accepted into the APIC.
+    pub host_vectors_accepted: u64,
+    /// Level-triggered host vectors whose EOI went to the host (specific EOI).
+    pub host_level_eois: u64,
+    /// Guest ICR writes refused (INIT, SIPI, SMI, ExtINT, lowest priority; spec §6).
+    pub icrs_refused: u64,
+    /// IPIs sent by the guest (one per ICR write that was routed).
+    pub ipis_sent: u64,
+    /// NMIs delivered to the guest.
+    pub nmis_injected: u64,
+    /// NMIs that collapsed into one already pending.
+    pub nmis_collapsed: u64,
+    /// Machine checks injected as exception 18.
+    pub machine_checks: u64,
+    /// VMEXIT_BUSY exits (and stale BUSY found at an exit) repaired.
+    pub busy_repairs: u64,
+    /// APIC timer expiries injected.
+    pub timer_fires: u64,
+    /// GHCB calls the hypervisor failed.
+    pub platform_errors: u64,
+    /// #HV entries with nothing to do.
+    pub spurious_hv: u64,
+    /// SVSM APIC protocol calls answered.
+    pub protocol_calls: u64,
+}
+
+/// Adds one, saturating.
+#[inline]
+pub(crate) fn bump(counter: &mut u64) {
+    *counter = counter.saturating_add(1);
+}

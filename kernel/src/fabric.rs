@@ -1,0 +1,299 @@
+//! The part of every vCPU the other vCPUs can see: its mailbox, its
+//! published APIC address and a running flag (cross-vCPU delivery).
+//!
+//! The SVSM owns one [`VcpuShared`] per possible vCPU (a `[VcpuShared; N]`,
+//! `const`-constructible for a static) and hands `&[VcpuShared]` to every
+//! engine as a [`Fabric`]. A slot is absent until the vCPU's engine is
+//! created (an AP created later just fills its slot); there is no global
+//! state and no lock.
+//!
+//! The owner publishes its [`ApicAddress`] packed into one `AtomicU64` each
+//! time the APIC's mode, ID or logical ID may have changed, so a sender
+//! reads a target's address with one load and never sees a torn mix of two
+//! versions. Packing \[choice\]: bits 31:0 ID, 39:32 xAPIC logical ID
+//! (LDR bits 31:24), bit 40 xAPIC cluster model, bits 42:41 mode (0 = slot
+//! absent, 1 disabled, 2 xAPIC, 3 x2APIC). The x2APIC LDR is not stored: it
+//! is derived from the ID (Intel SDM vol. 3A §11.12.10.2).
+
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
+
+use crate::mailbox::Mailbox;
+
+const MODE_SHIFT: u32 = 41;
+const MODE_ABSENT: u64 = 0;
+const MODE_DISABLED: u64 = 1;
+const MODE_XAPIC: u64 = 2;
+const MODE_X2APIC: u64 = 3;
+const CLUSTER_BIT: u64 = 1 << 40;
+
+/// Packs an address for publication (never 0: the mode field is non-zero).
+pub fn pack_address(address: &ApicAddress) -> u64 {
+    let mode = match address.mode {
+        ApicMode::Disabled => MODE_DISABLED,
+        ApicMode::XApic => MODE_XAPIC,
+        ApicMode::X2Apic => MODE_X2APIC,
+    };
+    let cluster = match address.format {
+        DestinationFormat::Flat => 0,
+        DestinationFormat::Cluster => CLUSTER_BIT,
+    };
+    let ldr = match address.mode {
+        ApicMode::X2Apic => 0,
+        ApicMode::XApic | ApicMode::Disabled => u64::from(address.ldr & 0xFF) << 32,
+    };
+    u64::from(address.id) | ldr | cluster | (mode << MODE_SHIFT)
+}
+
+/// The x2APIC logical ID derived from the x2APIC ID (spec §6).
+pub fn x2apic_ldr(id: u32) -> u32 {
+    ((id >> 4) << 16) | (1 << (id & 0xF))
+}
+
+/// Unpacks a published address; `None` for an absent slot.
+pub fn unpack_address(packed: u64) -> Option<ApicAddress> {
+    // Lossless: masked to 32 bits.
+    let id = (packed & 0xFFFF_FFFF) as u32;
+    let mode = match (packed >> MODE_SHIFT) & 3 {
+        MODE_DISABLED => ApicMode::Disabled,
+        MODE_XAPIC => ApicMode::XApic,
+        MODE_X2APIC => ApicMode::X2Apic,
+        _ => return None,
+    };
+    let format = if packed & CLUSTER_BIT != 0 {
+        DestinationFormat::Cluster
+    } else {
+        DestinationFormat::Flat
+    };
+    let ldr = match mode {
+        ApicMode::X2Apic => x2apic_ldr(id),
+        // Lossless: masked to 8 bits.
+        ApicMode::XApic | ApicMode::Disabled => ((packed >> 32) & 0xFF) as u32,
+    };
+    Some(ApicAddress {
+        id,
+        ldr,
+        format,
+        mode,
+    })
+}
+
+/// What one vCPU shows the others. The first cache line holds everything a
+/// sender touches (mailbox, published address, host APIC ID), so a post to
+/// an empty mailbox costs one line; the owner's own flags live on the
+/// second line so that its run loop does not bounce the posters' line.
+#[derive(Debug)]
+#[repr(C, align(64))]
+pub struct VcpuShared {
+    mailbox: Mailbox,
+    address: AtomicU64,
+    host_apic_id: AtomicU32,
+    owner: OwnerLine,
+}
+
+/// The owner's flags, on their own cache line.
+#[derive(Debug)]
+#[repr(C, align(64))]
+struct OwnerLine {
+    running: AtomicBool,
+    hv_events: AtomicU8,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Mailbox>() <= 40);
+    assert!(core::mem::offset_of!(VcpuShared, host_apic_id) < 64);
+    assert!(core::mem::offset_of!(VcpuShared, owner) == 64);
+    assert!(core::mem::size_of::<VcpuShared>() == 128);
+};
+
+impl Default for VcpuShared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VcpuShared {
+    /// An absent slot.
+    pub const fn new() -> Self {
+        Self {
+            mailbox: Mailbox::new(),
+            address: AtomicU64::new(0),
+            host_apic_id: AtomicU32::new(0),
+            owner: OwnerLine {
+                running: AtomicBool::new(false),
+                hv_events: AtomicU8::new(0),
+            },
+        }
+    }
+
+    /// The posted-interrupt mailbox.
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    /// Whether the vCPU's engine exists.
+    pub fn present(&self) -> bool {
+        self.address.load(Ordering::Acquire) >> MODE_SHIFT != MODE_ABSENT
+    }
+
+    /// The published APIC address; `None` when absent.
+    pub fn address(&self) -> Option<ApicAddress> {
+        unpack_address(self.address.load(Ordering::Acquire))
+    }
+
+    /// The packed published address (0 when absent).
+    pub fn packed_address(&self) -> u64 {
+        self.address.load(Ordering::Acquire)
+    }
+
+    /// The APIC ID the host knows this vCPU by (destination of its kick).
+    pub fn host_apic_id(&self) -> u32 {
+        self.host_apic_id.load(Ordering::Relaxed)
+    }
+
+    /// Whether the vCPU is inside a guest run (between `before_run` and
+    /// `after_exit`). Informative: kicks do not depend on it.
+    pub fn running(&self) -> bool {
+        self.owner.running.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_running(&self, running: bool) {
+        self.owner.running.store(running, Ordering::Relaxed);
+    }
+
+    /// Notes per-VMPL doorbell events (bit `VMPL - 1`) seen by the #HV
+    /// handler; safe from interrupt context.
+    pub(crate) fn note_hv_events(&self, events: u8) {
+        if events != 0 {
+            self.owner.hv_events.fetch_or(events, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes the per-VMPL events noted since the last call (owner only).
+    pub(crate) fn take_hv_events(&self) -> u8 {
+        if self.owner.hv_events.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.owner.hv_events.swap(0, Ordering::AcqRel)
+    }
+
+    /// Makes the slot present (the owner's engine was created).
+    pub(crate) fn activate(&self, host_apic_id: u32, address: &ApicAddress) {
+        self.host_apic_id.store(host_apic_id, Ordering::Relaxed);
+        self.publish_packed(pack_address(address));
+    }
+
+    /// Publishes a new packed address if it changed (owner only).
+    pub(crate) fn publish_packed(&self, packed: u64) {
+        if self.address.load(Ordering::Relaxed) != packed {
+            self.address.store(packed, Ordering::Release);
+        }
+    }
+
+    /// Marks the slot absent again (the vCPU was destroyed or handed back).
+    pub(crate) fn deactivate(&self) {
+        self.address.store(0, Ordering::Release);
+    }
+}
+
+/// The table of every vCPU's shared part, owned by the SVSM.
+#[derive(Clone, Copy, Debug)]
+pub struct Fabric<'a> {
+    slots: &'a [VcpuShared],
+}
+
+impl<'a> Fabric<'a> {
+    /// Wraps the SVSM's table; slot `i` belongs to vCPU index `i`.
+    pub const fn new(slots: &'a [VcpuShared]) -> Self {
+        Self { slots }
+    }
+
+    /// The slot of vCPU `index`.
+    pub fn slot(&self, index: usize) -> Option<&'a VcpuShared> {
+        self.slots.get(index)
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the table has no slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Calls `f(index, slot)` for every vCPU that `destination` (sent by the
+    /// APIC `source_id` on vCPU `sender`) reaches. Lock-free; absent slots
+    /// and hardware-disabled APICs are skipped (a disabled APIC accepts no
+    /// interrupt, Intel SDM vol. 3A §11.4.3). A single physical ID is looked
+    /// up directly at slot `id` first (IDs normally equal vCPU indexes) and
+    /// only scanned for when that slot does not hold it.
+    pub fn for_each_target(
+        &self,
+        sender: usize,
+        source_id: u32,
+        destination: &Destination,
+        mut f: impl FnMut(usize, &'a VcpuShared),
+    ) {
+        match *destination {
+            Destination::ToSelf => {
+                if let Some(slot) = self.slots.get(sender) {
+                    f(sender, slot);
+                }
+            }
+            Destination::AllIncludingSelf | Destination::AllExcludingSelf => {
+                let skip_self = matches!(destination, Destination::AllExcludingSelf);
+                for (index, slot) in self.slots.iter().enumerate() {
+                    if skip_self && index == sender {
+                        continue;
+                    }
+                    let mode = slot.packed_address() >> MODE_SHIFT;
+                    if mode >= MODE_XAPIC {
+                        f(index, slot);
+                    }
+                }
+            }
+            Destination::Physical { id, x2apic } => {
+                let broadcast = if x2apic { id == u32::MAX } else { id == 0xFF };
+                if !broadcast {
+                    let direct = usize::try_from(id)
+                        .ok()
+                        .and_then(|i| self.slots.get(i).map(|s| (i, s)));
+                    if let Some((index, slot)) = direct
+                        && Self::accepts(slot, source_id, destination)
+                    {
+                        f(index, slot);
+                        return;
+                    }
+                }
+                for (index, slot) in self.slots.iter().enumerate() {
+                    if Self::accepts(slot, source_id, destination) {
+                        f(index, slot);
+                        if !broadcast {
+                            // Physical IDs are unique: one target at most.
+                            return;
+                        }
+                    }
+                }
+            }
+            Destination::Logical { .. } => {
+                for (index, slot) in self.slots.iter().enumerate() {
+                    if Self::accepts(slot, source_id, destination) {
+                        f(index, slot);
+                    }
+                }
+            }
+        }
+    }
+
+    fn accepts(slot: &VcpuShared, source_id: u32, destination: &Destination) -> bool {
+        match slot.address() {
+            Some(address) if address.mode != ApicMode::Disabled => {
+                destination.matches(source_id, &address)
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Cross-vCPU delivery: posting, kicks, broadcast, late APs, refusals.
+
+use vmsa::{EventInj, VmsaAccess};
+
+use super::{four_vcpus, icr_fixed};
+use crate::platform::{DEFAULT_NOTIFICATION_VECTOR, notification_icr};
+use crate::protocol::{ApicCall, ResultCode};
+use crate::testing::{Fixture, GuestRun, hw_run, is_intr};
+
+const ICR: u64 = 0x830;
+
+ktest::suite! {
+    fn ipi_to_a_running_vcpu_is_posted_and_kicks_it() {
+        let mut f = four_vcpus();
+        f.before_run(1).unwrap();
+        assert!(f.shared[1].running());
+        let r = f.write_msr(0, ICR, icr_fixed(1, 0x61)).unwrap();
+        assert_eq!(r.code, ResultCode::Success);
+        assert!(f.shared[1].mailbox().outstanding());
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        assert_eq!(f.platform.hv_ipis.last(), Some(notification_icr(1, DEFAULT_NOTIFICATION_VECTOR)));
+        assert_eq!(f.engine(0).unwrap().counters().kicks_sent, 1);
+        // The kick ends vCPU 1's run; its next run gets the vector.
+        hw_run(f.vmsa(1).unwrap(), GuestRun::NORMAL);
+        f.after_exit(1).unwrap();
+        let d = f.cycle(1, GuestRun::NORMAL).unwrap();
+        assert!(is_intr(d.event, 0x61));
+    }
+
+    fn kick_is_suppressed_while_the_mailbox_is_not_empty() {
+        let mut f = four_vcpus();
+        f.write_msr(0, ICR, icr_fixed(1, 0x61)).unwrap();
+        f.write_msr(0, ICR, icr_fixed(1, 0x62)).unwrap();
+        f.write_msr(2, ICR, icr_fixed(1, 0x63)).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        assert_eq!(f.engine(0).unwrap().counters().kicks_suppressed, 1);
+        assert_eq!(f.engine(2).unwrap().counters().kicks_suppressed, 1);
+        f.before_run(1).unwrap();
+        let e = f.engine(1).unwrap();
+        assert!(e.apic().isr().contains(0x63));
+        assert!(e.apic().irr().contains(0x61) && e.apic().irr().contains(0x62));
+        // Drained: the next post kicks again.
+        f.write_msr(0, ICR, icr_fixed(1, 0x64)).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 2);
+    }
+
+    fn broadcast_excluding_self_reaches_every_other_vcpu() {
+        let mut f = four_vcpus();
+        f.write_msr(0, ICR, (3 << 18) | 0x70).unwrap();
+        assert!(!f.shared[0].mailbox().outstanding());
+        for i in 1..4 {
+            assert!(f.shared[i].mailbox().outstanding());
+            f.before_run(i).unwrap();
+            assert_eq!(f.vmsa(i).unwrap().event_inj(), EventInj::external_interrupt(0x70));
+        }
+        assert_eq!(f.platform.hv_ipis.count(), 3);
+        assert!(f.engine(0).unwrap().apic().irr().is_empty());
+    }
+
+    fn broadcast_including_self_delivers_locally_without_the_mailbox() {
+        let mut f = four_vcpus();
+        f.write_msr(0, ICR, (2 << 18) | 0x70).unwrap();
+        assert!(!f.shared[0].mailbox().outstanding());
+        assert!(f.engine(0).unwrap().apic().irr().contains(0x70));
+        assert_eq!(f.platform.hv_ipis.count(), 3);
+    }
+
+    fn physical_broadcast_id_reaches_everyone() {
+        let mut f = four_vcpus();
+        f.write_msr(0, ICR, icr_fixed(u32::MAX, 0x70)).unwrap();
+        assert!(f.engine(0).unwrap().apic().irr().contains(0x70));
+        for i in 1..4 {
+            assert!(f.shared[i].mailbox().outstanding());
+        }
+    }
+
+    fn logical_destination_reaches_the_cluster_members() {
+        let mut f = four_vcpus();
+        // x2APIC cluster 0, members with IDs 1 and 2 (LDR bits 1 and 2).
+        f.write_msr(0, ICR, (0b0110u64 << 32) | (1 << 11) | 0x70).unwrap();
+        assert!(!f.shared[0].mailbox().outstanding());
+        assert!(f.shared[1].mailbox().outstanding());
+        assert!(f.shared[2].mailbox().outstanding());
+        assert!(!f.shared[3].mailbox().outstanding());
+    }
+
+    fn self_ipi_is_delivered_without_a_kick() {
+        let mut f = four_vcpus();
+        f.write_msr(0, 0x83F, 0x55).unwrap();
+        assert!(f.engine(0).unwrap().apic().irr().contains(0x55));
+        assert_eq!(f.platform.hv_ipis.count(), 0);
+    }
+
+    fn nmi_ipi_reaches_the_target_as_an_nmi() {
+        let mut f = four_vcpus();
+        f.write_msr(0, ICR, (2u64 << 32) | (0b100 << 8)).unwrap();
+        let d = f.cycle(2, GuestRun::NORMAL).unwrap();
+        assert_eq!(d.event, Some(EventInj::nmi()));
+    }
+
+    fn ap_created_late_gets_its_apic() {
+        let mut f: Fixture<4> = Fixture::new();
+        f.create(0).unwrap();
+        assert!(!f.shared[3].present());
+        // Before the AP exists nothing reaches it.
+        f.write_msr(0, ICR, icr_fixed(3, 0x61)).unwrap();
+        assert!(!f.shared[3].mailbox().outstanding());
+        assert_eq!(f.platform.hv_ipis.count(), 0);
+        f.create(3).unwrap();
+        assert!(f.shared[3].present());
+        assert_eq!(f.engine(3).unwrap().apic().id(), 3);
+        f.write_msr(0, ICR, icr_fixed(3, 0x62)).unwrap();
+        let d = f.cycle(3, GuestRun::NORMAL).unwrap();
+        assert!(is_intr(d.event, 0x62));
+        // And its own APIC works: it can IPI back.
+        f.write_msr(3, ICR, icr_fixed(0, 0x63)).unwrap();
+        let d = f.cycle(0, GuestRun::NORMAL).unwrap();
+        assert!(is_intr(d.event, 0x63));
+    }
+
+    fn ipi_follows_a_changed_destination_address() {
+        let mut f: Fixture<4> = Fixture::new();
+        // Two vCPUs left in xAPIC mode (flat logical model).
+        for i in [1usize, 2] {
+            f.create_with(i, Fixture::<4>::config(i)).unwrap();
+            f.write_msr(i, 0x80F, 0x1FF).unwrap();
+        }
+        f.write_msr(2, 0x831, 0x0400_0000).unwrap();
+        f.write_msr(2, ICR, (1 << 11) | 0x70).unwrap();
+        assert!(!f.shared[1].mailbox().outstanding());
+        // vCPU 1 takes logical ID 0x04: the fabric sees it at once.
+        f.write_msr(1, 0x80D, 0x0400_0000).unwrap();
+        assert_eq!(f.shared[1].address().unwrap().ldr, 0x04);
+        f.write_msr(2, ICR, (1 << 11) | 0x70).unwrap();
+        assert!(f.shared[1].mailbox().outstanding());
+    }
+
+    fn guest_icr_init_sipi_smi_extint_and_lowest_priority_are_refused() {
+        let mut f = four_vcpus();
+        for mode in [0b001u64, 0b010, 0b101, 0b110, 0b111] {
+            let r = f.write_msr(0, ICR, (1u64 << 32) | (mode << 8) | 0x40 | (1 << 14)).unwrap();
+            assert_eq!(r.code, ResultCode::InvalidParameter, "mode {mode}");
+        }
+        assert_eq!(f.engine(0).unwrap().counters().icrs_refused, 5);
+        assert!(!f.shared[1].mailbox().outstanding());
+        assert_eq!(f.platform.hv_ipis.count(), 0);
+    }
+
+    fn failed_kick_is_counted_not_fatal() {
+        let mut f = four_vcpus();
+        f.platform.fail_hv_ipi.store(true, core::sync::atomic::Ordering::Release);
+        let r = f.write_msr(0, ICR, icr_fixed(1, 0x61)).unwrap();
+        assert_eq!(r.code, ResultCode::Success);
+        assert_eq!(f.engine(0).unwrap().counters().platform_errors, 1);
+        // The vector still waits in the mailbox for vCPU 1's next run.
+        f.before_run(1).unwrap();
+        assert!(f.engine(1).unwrap().apic().isr().contains(0x61));
+        let _ = f.call(1, ApicCall::QueryFeatures);
+    }
+}

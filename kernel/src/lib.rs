@@ -1,0 +1,62 @@
+//! The interrupt-injection engine an SVSM links (spec §1-§5).
+//!
+//! The SVSM (VMPL0, Restricted Injection) owns one [`VcpuEngine`] per guest
+//! vCPU and a table of [`VcpuShared`] slots every vCPU can see; nothing here
+//! is global. Per vCPU the SVSM calls:
+//! - [`hv::handle_hv`] from its #HV handler (vector 28);
+//! - [`VcpuEngine::before_run`] before each Run VMPL of the guest,
+//!   [`VcpuEngine::after_exit`] after it returns;
+//! - [`VcpuEngine::handle_apic_call`] for SVSM protocol 3 calls.
+//!
+//! Everything the engine needs from the hypervisor goes through the
+//! [`Platform`] trait (GHCB calls, time, a one-shot timer). Modules:
+//! - [`platform`]: the trait and GHCB encodings (spec §4);
+//! - [`mailbox`], [`fabric`]: lock-free cross-vCPU delivery;
+//! - [`engine`]: the per-vCPU flow around a guest run (spec §2, §3);
+//! - [`hv`]: the #HV handler logic (spec §3);
+//! - [`protocol`], [`registration`]: the APIC protocol (spec §5);
+//! - [`nmi`], [`level`], [`counters`]: NMI rules, host level-EOI tracking,
+//!   observability.
+//!
+//! See `docs/architecture.md` and `docs/integration.md`.
+#![no_std]
+
+mod sync;
+
+pub mod mailbox;
+
+#[cfg(not(loom))]
+pub mod counters;
+#[cfg(not(loom))]
+pub mod engine;
+#[cfg(not(loom))]
+pub mod fabric;
+#[cfg(not(loom))]
+pub mod hv;
+#[cfg(not(loom))]
+pub mod level;
+#[cfg(not(loom))]
+pub mod nmi;
+#[cfg(not(loom))]
+pub mod platform;
+#[cfg(not(loom))]
+pub mod protocol;
+#[cfg(not(loom))]
+pub mod registration;
+
+#[cfg(all(not(loom), any(test, feature = "ktests")))]
+pub mod testing;
+
+#[cfg(all(not(loom), any(test, feature = "ktests")))]
+pub mod ktests;
+
+#[cfg(not(loom))]
+pub use counters::Counters;
+#[cfg(not(loom))]
+pub use engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
+#[cfg(not(loom))]
+pub use fabric::{Fabric, VcpuShared};
+#[cfg(not(loom))]
+pub use hv::{HvEvents, handle_hv};
+#[cfg(not(loom))]
+pub use platform::{NoTimer, Platform, PlatformError};

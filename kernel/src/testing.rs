@@ -1,0 +1,468 @@
+//! A mock platform, a model of the hardware's side of a guest run, and a
+//! fixture of N vCPUs with in-memory VMSA and doorbell pages, for the unit
+//! tests and for the simulator.
+//!
+//! Everything is `no_std` and fixed-size: recorded calls live in atomics
+//! (the last [`LOG_LEN`] of each kind), so a [`MockPlatform`] can be shared
+//! by several vCPUs, also across threads.
+
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use apic::ApicConfig;
+use doorbell::DoorbellPage;
+use vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
+
+use crate::engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
+use crate::fabric::{Fabric, VcpuShared};
+use crate::platform::{
+    DEFAULT_NOTIFICATION_VECTOR, DisableAiRequest, DoorbellRequest, NoTimer, Platform,
+    PlatformError,
+};
+use crate::protocol::{ApicCall, CallResult};
+
+/// The doorbell GPA the mock hypervisor prefers.
+pub const PREFERRED_DOORBELL_GPA: u64 = 0x7F_F000;
+
+/// How many calls of each kind the mock remembers.
+pub const LOG_LEN: usize = 16;
+
+/// A fixed ring of recorded u64 values plus a total count.
+#[derive(Debug)]
+pub struct CallLog {
+    count: AtomicU32,
+    entries: [AtomicU64; LOG_LEN],
+}
+
+impl Default for CallLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CallLog {
+    /// Empty.
+    pub const fn new() -> Self {
+        Self {
+            count: AtomicU32::new(0),
+            entries: [const { AtomicU64::new(0) }; LOG_LEN],
+        }
+    }
+
+    fn record(&self, value: u64) {
+        let n = self.count.fetch_add(1, Ordering::AcqRel);
+        if let Some(slot) = self.entries.get(n as usize % LOG_LEN) {
+            slot.store(value, Ordering::Release);
+        }
+    }
+
+    /// Calls recorded so far.
+    pub fn count(&self) -> u32 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// The `i`-th call (0-based) if it is still in the ring.
+    pub fn get(&self, i: u32) -> Option<u64> {
+        let n = self.count();
+        if i >= n || n.saturating_sub(i) > LOG_LEN as u32 {
+            return None;
+        }
+        self.entries
+            .get(i as usize % LOG_LEN)
+            .map(|e| e.load(Ordering::Acquire))
+    }
+
+    /// The most recent call.
+    pub fn last(&self) -> Option<u64> {
+        self.count().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// Whether `value` is among the remembered calls.
+    pub fn contains(&self, value: u64) -> bool {
+        (0..self.count()).any(|i| self.get(i) == Some(value))
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.count.store(0, Ordering::Release);
+    }
+}
+
+/// A platform that records every GHCB call (see the module doc).
+#[derive(Debug)]
+pub struct MockPlatform {
+    /// #HV IPI ICRs.
+    pub hv_ipis: CallLog,
+    /// Specific EOIs, as `VMPL << 16 | vector`.
+    pub specific_eois: CallLog,
+    /// Disable-AI requests, as EXITINFO1.
+    pub disable_ai: CallLog,
+    /// Notification vectors configured.
+    pub notification_vectors: CallLog,
+    /// Doorbell calls, as EXITINFO1 (sub-function).
+    pub doorbell_calls: CallLog,
+    /// Timer arms (`u64::MAX` = disarm).
+    pub timer_arms: CallLog,
+    /// The registered doorbell GPA (0: none).
+    pub doorbell_gpa: AtomicU64,
+    /// Current time.
+    pub now: AtomicU64,
+    /// Whether the platform has a timer.
+    pub timer: AtomicBool,
+    /// Make #HV IPI calls fail.
+    pub fail_hv_ipi: AtomicBool,
+    /// Make specific EOI calls fail.
+    pub fail_specific_eoi: AtomicBool,
+    /// Make disable-AI calls fail.
+    pub fail_disable_ai: AtomicBool,
+}
+
+impl Default for MockPlatform {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MockPlatform {
+    /// A platform with a timer, time 0, every call succeeding.
+    pub const fn new() -> Self {
+        Self {
+            hv_ipis: CallLog::new(),
+            specific_eois: CallLog::new(),
+            disable_ai: CallLog::new(),
+            notification_vectors: CallLog::new(),
+            doorbell_calls: CallLog::new(),
+            timer_arms: CallLog::new(),
+            doorbell_gpa: AtomicU64::new(0),
+            now: AtomicU64::new(0),
+            timer: AtomicBool::new(true),
+            fail_hv_ipi: AtomicBool::new(false),
+            fail_specific_eoi: AtomicBool::new(false),
+            fail_disable_ai: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the time.
+    pub fn set_now(&self, now: u64) {
+        self.now.store(now, Ordering::Release);
+    }
+
+    /// The deadline the timer is armed for (`None`: never armed or disarmed).
+    pub fn armed_deadline(&self) -> Option<u64> {
+        self.timer_arms.last().filter(|d| *d != u64::MAX)
+    }
+}
+
+impl Platform for MockPlatform {
+    fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError> {
+        if self.fail_hv_ipi.load(Ordering::Acquire) {
+            return Err(PlatformError);
+        }
+        self.hv_ipis.record(icr);
+        Ok(())
+    }
+
+    fn specific_eoi(&self, vmpl: u8, vector: u8) -> Result<(), PlatformError> {
+        if self.fail_specific_eoi.load(Ordering::Acquire) {
+            return Err(PlatformError);
+        }
+        self.specific_eois
+            .record(crate::platform::specific_eoi_info(vmpl, vector));
+        Ok(())
+    }
+
+    fn disable_alternate_injection(&self, request: DisableAiRequest) -> Result<(), PlatformError> {
+        if self.fail_disable_ai.load(Ordering::Acquire) {
+            return Err(PlatformError);
+        }
+        self.disable_ai.record(request.exit_info1());
+        Ok(())
+    }
+
+    fn configure_notification_vector(&self, vector: u8) -> Result<(), PlatformError> {
+        self.notification_vectors.record(u64::from(vector));
+        Ok(())
+    }
+
+    fn doorbell_page(&self, request: DoorbellRequest) -> Result<u64, PlatformError> {
+        let (info1, _) = request.exit_info();
+        self.doorbell_calls.record(info1);
+        Ok(match request {
+            DoorbellRequest::GetPreferred => PREFERRED_DOORBELL_GPA,
+            DoorbellRequest::Set(gpa) => {
+                self.doorbell_gpa.store(gpa, Ordering::Release);
+                gpa
+            }
+            DoorbellRequest::Query => self.doorbell_gpa.load(Ordering::Acquire),
+            DoorbellRequest::Clear => {
+                self.doorbell_gpa.store(0, Ordering::Release);
+                0
+            }
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::Acquire)
+    }
+
+    fn has_timer(&self) -> bool {
+        self.timer.load(Ordering::Acquire)
+    }
+
+    fn arm_timer(&self, deadline: Option<u64>) -> Result<(), NoTimer> {
+        if !self.has_timer() {
+            return Err(NoTimer);
+        }
+        self.timer_arms.record(deadline.unwrap_or(u64::MAX));
+        Ok(())
+    }
+}
+
+/// What the modelled guest does during one run ([`hw_run`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GuestRun {
+    /// The exit code the run ends with.
+    pub exit: ExitCode,
+    /// The exit happens while EVENTINJ is being delivered: the event lands
+    /// in EXITINTINFO instead of the guest.
+    pub interrupt_delivery: bool,
+    /// The guest opens its window for a queued V_IRQ / V_NMI during the run.
+    pub open_window: bool,
+    /// The guest returns from an NMI handler (IRET) at the start of the
+    /// run, which clears V_NMI_MASK.
+    pub nmi_iret: bool,
+}
+
+impl GuestRun {
+    /// A run that takes whatever is offered and exits with VMGEXIT.
+    pub const NORMAL: Self = Self {
+        exit: ExitCode::VMGEXIT,
+        interrupt_delivery: false,
+        open_window: true,
+        nmi_iret: true,
+    };
+}
+
+/// What [`hw_run`] delivered.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct HwDelivery {
+    /// The VMRUN did not enter the guest (BUSY set).
+    pub vmrun_failed: bool,
+    /// The event taken from EVENTINJ.
+    pub event: Option<EventInj>,
+    /// The vector taken from V_IRQ.
+    pub virq: Option<u8>,
+    /// A V_NMI was taken.
+    pub v_nmi: bool,
+}
+
+/// Models what the CPU does with the VMSA's injection fields across one
+/// VMRUN with Alternate Injection (AMD APM vol. 2 §15.20, §15.21; spec §2):
+/// BUSY set -> VMEXIT_BUSY with nothing consumed; otherwise an IRET from
+/// an NMI handler clears V_NMI_MASK (`nmi_iret`), EVENTINJ is
+/// delivered (or, when `interrupt_delivery`, moved to EXITINTINFO), a V_NMI
+/// is taken when enabled and unmasked (setting V_NMI_MASK), a V_IRQ is
+/// taken when VGIF, RFLAGS.IF and its priority above V_TPR allow (clearing
+/// V_IRQ), and the exit code is written.
+pub fn hw_run<V: VmsaAccess + ?Sized>(vmsa: &mut V, run: GuestRun) -> HwDelivery {
+    let mut out = HwDelivery::default();
+    if vmsa.vintr_ctrl().busy() {
+        vmsa.set_exit_code(ExitCode::BUSY);
+        out.vmrun_failed = true;
+        return out;
+    }
+    if run.nmi_iret {
+        let ctrl = vmsa.vintr_ctrl();
+        vmsa.set_vintr_ctrl(ctrl.with_v_nmi_mask(false));
+    }
+    let ev = vmsa.event_inj();
+    if ev.valid() {
+        vmsa.set_event_inj(EventInj::new());
+        if run.interrupt_delivery {
+            vmsa.set_exit_int_info(ev);
+        } else {
+            out.event = Some(ev);
+        }
+    }
+    let mut ctrl = vmsa.vintr_ctrl();
+    if run.open_window && ctrl.v_nmi_enable() && ctrl.v_nmi() && !ctrl.v_nmi_mask() {
+        ctrl = ctrl.with_v_nmi(false).with_v_nmi_mask(true);
+        out.v_nmi = true;
+    }
+    let if_set = vmsa.rflags() & RFLAGS_IF != 0;
+    if run.open_window
+        && ctrl.v_irq()
+        && ctrl.vgif()
+        && if_set
+        && (ctrl.v_ign_tpr() || ctrl.v_intr_prio() > ctrl.v_tpr() & 0xF)
+    {
+        ctrl = ctrl.with_v_irq(false);
+        out.virq = Some(ctrl.v_intr_vector());
+    }
+    // Hardware does not touch V_INTR_VECTOR on exit; the interrupt shadow
+    // ends with the run.
+    vmsa.set_vintr_ctrl(ctrl.with_int_shadow(false));
+    vmsa.set_exit_code(run.exit);
+    out
+}
+
+/// Whether `event` is an external interrupt with `vector`.
+pub fn is_intr(event: Option<EventInj>, vector: u8) -> bool {
+    event.is_some_and(|e| e.event_type() == EventType::Intr && e.vector() == vector)
+}
+
+/// N vCPUs with their pages, a shared mock platform and calling areas.
+pub struct Fixture<const N: usize> {
+    /// The platform every vCPU uses.
+    pub platform: MockPlatform,
+    /// The shared slots.
+    pub shared: [VcpuShared; N],
+    /// One doorbell page per vCPU.
+    pub doorbells: [DoorbellPage; N],
+    /// One guest VMSA per vCPU.
+    pub vmsas: [VmsaPage; N],
+    /// Calling-area byte 2 per vCPU.
+    pub caa: [AtomicU8; N],
+    /// The engines (`None` until created).
+    pub engines: [Option<VcpuEngine>; N],
+}
+
+impl<const N: usize> Default for Fixture<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The guest VMPL the fixture uses.
+pub const GUEST_VMPL: u8 = 2;
+
+impl<const N: usize> Fixture<N> {
+    /// No engine yet; every VMSA has RFLAGS.IF set.
+    pub fn new() -> Self {
+        let vmsas = core::array::from_fn(|_| {
+            let mut page = VmsaPage::new();
+            page.set_rflags(RFLAGS_IF | 2);
+            page
+        });
+        Self {
+            platform: MockPlatform::new(),
+            shared: [const { VcpuShared::new() }; N],
+            doorbells: [const { DoorbellPage::new() }; N],
+            vmsas,
+            caa: [const { AtomicU8::new(0) }; N],
+            engines: [const { None }; N],
+        }
+    }
+
+    /// The configuration the fixture gives vCPU `i` (APIC ID = host ID = i).
+    pub fn config(i: usize) -> EngineConfig {
+        let id = u32::try_from(i).unwrap_or(u32::MAX);
+        EngineConfig {
+            index: i,
+            host_apic_id: id,
+            apic: ApicConfig {
+                apic_id: id,
+                bsp: i == 0,
+                ticks_per_bus_cycle: 1,
+                directed_eoi: false,
+            },
+            guest_vmpl: GUEST_VMPL,
+            notification_vector: DEFAULT_NOTIFICATION_VECTOR,
+            emulate: true,
+        }
+    }
+
+    /// Creates vCPU `i`'s engine with `config`.
+    pub fn create_with(&mut self, i: usize, config: EngineConfig) -> Result<(), Fatal> {
+        let engine = VcpuEngine::new(config, Fabric::new(&self.shared))?;
+        if let Some(slot) = self.engines.get_mut(i) {
+            *slot = Some(engine);
+        }
+        Ok(())
+    }
+
+    /// Creates vCPU `i`'s engine, then switches its APIC to x2APIC mode,
+    /// software-enables it (SVR = 0x1FF) and allows every host vector.
+    pub fn create(&mut self, i: usize) -> Result<(), Fatal> {
+        self.create_with(i, Self::config(i))?;
+        let base = 0xFEE0_0000 | (1 << 11) | (1 << 10) | if i == 0 { 1 << 8 } else { 0 };
+        let _ = self.write_msr(i, u64::from(apic::MSR_APIC_BASE), base);
+        let _ = self.write_msr(i, u64::from(apic::MSR_SVR), 0x1FF);
+        let _ = self.call(i, ApicCall::ConfigureVector((1 << 9) | (1 << 8)));
+        Ok(())
+    }
+
+    /// Splits out everything one engine call needs.
+    pub fn parts(
+        &mut self,
+        i: usize,
+    ) -> Option<(&mut VcpuEngine, Env<'_, MockPlatform>, &mut VmsaPage)> {
+        let Self {
+            platform,
+            shared,
+            doorbells,
+            vmsas,
+            caa,
+            engines,
+        } = self;
+        let engine = engines.get_mut(i)?.as_mut()?;
+        let env = Env {
+            platform: &*platform,
+            fabric: Fabric::new(shared.as_slice()),
+            doorbell: doorbells.get(i)?,
+            caa_no_eoi: caa.get(i),
+        };
+        Some((engine, env, vmsas.get_mut(i)?))
+    }
+
+    /// vCPU `i`'s engine.
+    pub fn engine(&self, i: usize) -> Option<&VcpuEngine> {
+        self.engines.get(i)?.as_ref()
+    }
+
+    /// vCPU `i`'s VMSA.
+    pub fn vmsa(&mut self, i: usize) -> Option<&mut VmsaPage> {
+        self.vmsas.get_mut(i)
+    }
+
+    /// vCPU `i`'s doorbell page.
+    pub fn doorbell(&self, i: usize) -> Option<&DoorbellPage> {
+        self.doorbells.get(i)
+    }
+
+    /// `before_run` of vCPU `i`.
+    pub fn before_run(&mut self, i: usize) -> Result<(), Fatal> {
+        let (engine, env, vmsa) = self.parts(i).ok_or(Fatal::NoSlot)?;
+        engine.before_run(&env, vmsa)
+    }
+
+    /// `after_exit` of vCPU `i`.
+    pub fn after_exit(&mut self, i: usize) -> Result<ExitInfo, Fatal> {
+        let (engine, env, vmsa) = self.parts(i).ok_or(Fatal::NoSlot)?;
+        engine.after_exit(&env, vmsa)
+    }
+
+    /// One whole cycle: `before_run`, the modelled hardware run, `after_exit`.
+    pub fn cycle(&mut self, i: usize, run: GuestRun) -> Result<HwDelivery, Fatal> {
+        self.before_run(i)?;
+        let vmsa = self.vmsas.get_mut(i).ok_or(Fatal::NoSlot)?;
+        let delivered = hw_run(vmsa, run);
+        self.after_exit(i)?;
+        Ok(delivered)
+    }
+
+    /// An APIC protocol call on vCPU `i`.
+    pub fn call(&mut self, i: usize, call: ApicCall) -> Option<CallResult> {
+        let (engine, env, vmsa) = self.parts(i)?;
+        Some(engine.handle_apic_call(&env, vmsa, call))
+    }
+
+    /// WRITE_REGISTER through the protocol.
+    pub fn write_msr(&mut self, i: usize, msr: u64, value: u64) -> Option<CallResult> {
+        self.call(i, ApicCall::WriteRegister { msr, value })
+    }
+
+    /// READ_REGISTER through the protocol; the value on success.
+    pub fn read_msr(&mut self, i: usize, msr: u64) -> Option<u64> {
+        self.call(i, ApicCall::ReadRegister { msr })?.rdx
+    }
+}
