@@ -1,0 +1,218 @@
+//! The delivery ledger of one vCPU: what was accepted for it and what its
+//! guest saw, independent of the engine's own bookkeeping.
+//!
+//! A source (host device, IOAPIC line, timer expiry, another vCPU's IPI)
+//! *credits* a vector when the architecture says the target APIC accepts it.
+//! The guest model *debits* it when its handler runs. Architected coalescing
+//! (Intel SDM vol. 3A §11.8.4): IRR holds one pending instance per vector and
+//! one more can be in service, so at most two deliveries can be owed for a
+//! vector; further requests coalesce into them.
+//! - A delivery with no credit is a duplicate (or an invented interrupt).
+//! - A request after the last delivery of its vector that is still
+//!   uncovered when the run has drained is a lost interrupt.
+//!
+//! NMIs follow the same rule with one pending plus one in service
+//! (spec §6); #MC with one.
+
+/// Most deliveries one vector can be owed (IRR + ISR).
+const MAX_CREDIT: u8 = 2;
+
+/// One vector's account.
+#[derive(Clone, Copy, Default, Debug)]
+struct Account {
+    credit: u8,
+    /// Time of the latest credited request (0: never).
+    last_request: u64,
+    /// Time of the latest delivery (0: never).
+    last_delivery: u64,
+    /// Whether the latest request is not yet covered by a delivery.
+    uncovered: bool,
+    /// Time of the oldest request not yet covered.
+    first_uncovered: u64,
+}
+
+/// What a debit found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Debit {
+    /// The delivery matched a request it had already covered (a second
+    /// owed instance).
+    Ok,
+    /// The delivery covered requests; the oldest was this many ticks ago.
+    Latency(u64),
+    /// Nothing was owed: a duplicate or invented delivery.
+    Unrequested,
+}
+
+/// The ledger of one vCPU.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    vectors: [Account; 256],
+    nmi: Account,
+    mc: Account,
+    /// Requests that coalesced into an owed delivery.
+    pub coalesced: u64,
+    /// Requests credited.
+    pub requested: u64,
+    /// Deliveries debited.
+    pub delivered: u64,
+    /// Longest time from a request to the delivery covering it.
+    pub max_latency: u64,
+    /// (vector, request time) of that longest wait.
+    pub max_latency_of: (u8, u64),
+    /// Sum of those times (for the mean).
+    pub latency_sum: u64,
+    /// Deliveries that covered a request.
+    pub latency_count: u64,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ledger {
+    /// Empty.
+    pub fn new() -> Self {
+        Self {
+            vectors: [Account::default(); 256],
+            nmi: Account::default(),
+            mc: Account::default(),
+            coalesced: 0,
+            requested: 0,
+            delivered: 0,
+            max_latency: 0,
+            max_latency_of: (0, 0),
+            latency_sum: 0,
+            latency_count: 0,
+        }
+    }
+
+    fn credit_account(account: &mut Account, now: u64, cap: u8) -> bool {
+        account.last_request = now;
+        if !account.uncovered {
+            account.first_uncovered = now;
+        }
+        account.uncovered = true;
+        if account.credit < cap {
+            account.credit = account.credit.saturating_add(1);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn debit_account(account: &mut Account, now: u64) -> Debit {
+        if account.credit == 0 {
+            return Debit::Unrequested;
+        }
+        if account.uncovered {
+            account.credit = account.credit.saturating_sub(1);
+            account.last_delivery = now;
+            account.uncovered = false;
+            return Debit::Latency(now.saturating_sub(account.first_uncovered));
+        }
+        account.credit = account.credit.saturating_sub(1);
+        account.last_delivery = now;
+        Debit::Ok
+    }
+
+    /// `vector` was accepted for this vCPU at `now`.
+    pub fn request(&mut self, vector: u8, now: u64) {
+        self.requested = self.requested.saturating_add(1);
+        let Some(account) = self.vectors.get_mut(usize::from(vector)) else {
+            return;
+        };
+        if !Self::credit_account(account, now, MAX_CREDIT) {
+            self.coalesced = self.coalesced.saturating_add(1);
+        }
+    }
+
+    /// The guest's handler for `vector` ran at `now`.
+    pub fn deliver(&mut self, vector: u8, now: u64) -> Debit {
+        self.delivered = self.delivered.saturating_add(1);
+        let debit = match self.vectors.get_mut(usize::from(vector)) {
+            Some(account) => Self::debit_account(account, now),
+            None => Debit::Unrequested,
+        };
+        self.note(debit, vector, now)
+    }
+
+    fn note(&mut self, debit: Debit, vector: u8, now: u64) -> Debit {
+        if let Debit::Latency(t) = debit {
+            if t > self.max_latency {
+                self.max_latency_of = (vector, now.saturating_sub(t));
+            }
+            self.max_latency = self.max_latency.max(t);
+            self.latency_sum = self.latency_sum.saturating_add(t);
+            self.latency_count = self.latency_count.saturating_add(1);
+        }
+        debit
+    }
+
+    /// Whether any delivery of `vector` is owed.
+    pub fn owed(&self, vector: u8) -> bool {
+        self.vectors
+            .get(usize::from(vector))
+            .is_some_and(|a| a.credit != 0)
+    }
+
+    /// An NMI was accepted.
+    pub fn request_nmi(&mut self, now: u64) {
+        self.requested = self.requested.saturating_add(1);
+        if !Self::credit_account(&mut self.nmi, now, MAX_CREDIT) {
+            self.coalesced = self.coalesced.saturating_add(1);
+        }
+    }
+
+    /// The guest's NMI handler ran.
+    pub fn deliver_nmi(&mut self, now: u64) -> Debit {
+        self.delivered = self.delivered.saturating_add(1);
+        let debit = Self::debit_account(&mut self.nmi, now);
+        self.note(debit, 2, now)
+    }
+
+    /// A machine check was accepted.
+    pub fn request_mc(&mut self, now: u64) {
+        self.requested = self.requested.saturating_add(1);
+        if !Self::credit_account(&mut self.mc, now, 1) {
+            self.coalesced = self.coalesced.saturating_add(1);
+        }
+    }
+
+    /// Whether a machine check is owed.
+    pub fn mc_owed(&self) -> bool {
+        self.mc.credit != 0
+    }
+
+    /// The guest's #MC handler ran.
+    pub fn deliver_mc(&mut self, now: u64) -> Debit {
+        self.delivered = self.delivered.saturating_add(1);
+        let debit = Self::debit_account(&mut self.mc, now);
+        self.note(debit, 18, now)
+    }
+
+    /// Vectors whose latest request, made before `cutoff`, was never
+    /// followed by a delivery (lost), as (vector, request time); NMI is
+    /// reported as vector 2 and #MC as 18.
+    pub fn lost(&self, cutoff: u64) -> Vec<(u8, u64)> {
+        let mut out = Vec::new();
+        for (vector, account) in (0u8..=255).zip(self.vectors.iter()) {
+            if account.uncovered && account.last_request < cutoff {
+                out.push((vector, account.last_request));
+            }
+        }
+        if self.nmi.uncovered && self.nmi.last_request < cutoff {
+            out.push((2, self.nmi.last_request));
+        }
+        if self.mc.uncovered && self.mc.last_request < cutoff {
+            out.push((18, self.mc.last_request));
+        }
+        out
+    }
+
+    /// Whether anything is still owed.
+    pub fn anything_owed(&self) -> bool {
+        self.nmi.credit != 0 || self.mc.credit != 0 || self.vectors.iter().any(|a| a.credit != 0)
+    }
+}

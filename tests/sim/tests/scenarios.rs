@@ -1,0 +1,232 @@
+//! Every scenario over several seeds for a few thousand steps: zero
+//! invariant violations, and the work each scenario is about happened.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    missing_docs
+)]
+
+use sim::{Config, Outcome, Sabotage, Scenario, Stats};
+
+const SEEDS: [u64; 4] = [1, 2, 3, 0xDEAD_BEEF];
+const STEPS: u64 = 6_000;
+
+fn run(scenario: Scenario, vcpus: usize, seed: u64, steps: u64) -> Outcome {
+    sim::run(Config::new(scenario, vcpus, seed, steps), |_| {})
+}
+
+fn clean(scenario: Scenario, vcpus: usize, seed: u64, no_forged_intr: bool) -> Stats {
+    let mut config = Config::new(scenario, vcpus, seed, STEPS);
+    config.no_forged_intr = no_forged_intr;
+    let stats = sim::run(config, |_| {}).stats;
+    let title = format!("{scenario} vcpus {vcpus} seed {seed}");
+    assert_eq!(stats.violations, 0, "{}", stats.report(&title));
+    assert!(
+        stats.requested > 0 && stats.delivered > 0,
+        "{}",
+        stats.report(&title)
+    );
+    assert!(stats.vmruns > 0 && stats.vmpl0_entries > 0);
+    stats
+}
+
+fn each_seed(scenario: Scenario, check: impl Fn(&Stats)) {
+    for seed in SEEDS {
+        for vcpus in [4, 9] {
+            check(&clean(scenario, vcpus, seed, false));
+        }
+    }
+}
+
+#[test]
+fn idle_timer_takes_about_one_world_switch_per_tick() {
+    each_seed(Scenario::IdleTimer, |s| {
+        assert!(
+            s.switches_per_delivery() <= 1.05,
+            "{}",
+            s.report("idle-timer")
+        );
+        // Lazy EOI carries every tick: no EOI call per interrupt.
+        assert!(
+            s.guest_lazy_eois * 10 >= s.delivered * 9,
+            "{}",
+            s.report("idle-timer")
+        );
+        assert!(s.timer_expiries > 0 && s.engine.timer_fires > 0);
+    });
+}
+
+#[test]
+fn ipi_storm_kicks_each_target_at_most_once_per_batch() {
+    each_seed(Scenario::IpiStorm, |s| {
+        assert!(s.engine.kicks_sent > 0 && s.engine.kicks_suppressed > 0);
+        assert!(s.max_kicks_per_batch <= 1, "{}", s.report("ipi-storm"));
+        assert_eq!(s.kicks_over_batch, 0);
+        assert!(s.guest_ipis > 0);
+    });
+}
+
+#[test]
+fn device_level_vectors_are_eoied_to_the_host_exactly_once() {
+    each_seed(Scenario::DeviceLevel, |s| {
+        assert!(s.level_posts > 0, "{}", s.report("device-level"));
+        assert_eq!(s.level_posts, s.level_eois, "{}", s.report("device-level"));
+        assert_eq!(s.specific_eois, s.level_eois);
+        assert!(s.cut_deliveries > 0 && s.engine.reinjected > 0);
+    });
+}
+
+#[test]
+fn boot_switches_xapic_to_x2apic_and_brings_aps_up_later() {
+    for seed in SEEDS {
+        for vcpus in [4, 9] {
+            let s = clean(Scenario::Boot, vcpus, seed, false);
+            let n = vcpus as u64;
+            assert_eq!(s.vcpus_created, n, "{}", s.report("boot"));
+            assert_eq!(s.x2apic_switches, n);
+            assert_eq!(s.xapic_ipis, n);
+        }
+    }
+    each_seed(Scenario::Boot, |s| {
+        assert!(s.protocol_calls > 0);
+        assert!(s.guest_ipis > 0);
+    });
+}
+
+#[test]
+fn hostile_hv_gets_architected_answers_without_violations() {
+    // Forged INTR 0-31 in EXITINTINFO is left out here: see the ignored test
+    // below and docs/simulator.md (an engine defect it finds).
+    for seed in SEEDS {
+        for vcpus in [4, 9] {
+            let s = clean(Scenario::HostileHv, vcpus, seed, true);
+            assert!(
+                s.hostile_acts > 0 && s.rejected_inputs() > 0,
+                "{}",
+                s.report("hostile-hv")
+            );
+            assert!(s.hostile_busy > 0 && s.engine.busy_repairs >= s.hostile_busy);
+            assert!(s.hostile_exit_int_info > 0);
+            assert_eq!(s.level_posts, s.level_eois);
+        }
+    }
+}
+
+#[test]
+#[ignore = "engine defect: a forged EXITINTINFO INTR with a vector below 31 is re-injected"]
+fn hostile_hv_forged_low_intr_in_exit_int_info_is_never_injected() {
+    for seed in SEEDS {
+        clean(Scenario::HostileHv, 4, seed, false);
+    }
+}
+
+#[test]
+fn hostile_guest_gets_architected_answers_without_violations() {
+    each_seed(Scenario::HostileGuest, |s| {
+        assert!(
+            s.hostile_calls > 0 && s.guest_rejected > 0,
+            "{}",
+            s.report("hostile-guest")
+        );
+        assert!(s.engine.icrs_refused > 0);
+        assert!(s.handbacks >= 1, "{}", s.report("hostile-guest"));
+        assert!(s.registration_calls > 0);
+    });
+}
+
+#[test]
+fn deregister_hands_every_apic_back_without_losing_interrupts() {
+    for seed in SEEDS {
+        for vcpus in [4, 9] {
+            let s = clean(Scenario::Deregister, vcpus, seed, false);
+            assert_eq!(s.handbacks, vcpus as u64, "{}", s.report("deregister"));
+            assert!(s.host_entries > 0);
+            assert_eq!(s.level_posts, s.level_eois);
+        }
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for scenario in Scenario::ALL {
+        let a = run(scenario, 5, 77, 3000).stats.fingerprint();
+        let b = run(scenario, 5, 77, 3000).stats.fingerprint();
+        assert_eq!(a, b, "{scenario}");
+    }
+}
+
+#[test]
+fn a_single_vcpu_runs_every_scenario() {
+    for scenario in Scenario::ALL {
+        let mut config = Config::new(scenario, 1, 5, 3000);
+        config.no_forged_intr = true;
+        let s = sim::run(config, |_| {}).stats;
+        assert_eq!(s.violations, 0, "{}", s.report(scenario.name()));
+    }
+}
+
+#[test]
+fn the_trace_is_a_json_array_of_events() {
+    let mut config = Config::new(Scenario::DeviceLevel, 3, 9, 2000);
+    config.trace = true;
+    let out = sim::run(config, |_| {});
+    let json = out.trace.unwrap();
+    assert!(json.starts_with("[\n") && json.trim_end().ends_with(']'));
+    assert!(json.contains("\"name\":\"deliver\"") && json.contains("\"ph\":\"B\""));
+    assert_eq!(json.matches('{').count(), json.matches('}').count());
+    assert!(run(Scenario::DeviceLevel, 3, 9, 2000).trace.is_none());
+}
+
+fn sabotaged(scenario: Scenario, sabotage: Sabotage, kind: &str) {
+    let mut config = Config::new(scenario, 4, 3, 30_000);
+    config.sabotage = Some(sabotage);
+    config.no_forged_intr = true;
+    let s = sim::run(config, |_| {}).stats;
+    assert!(s.violations > 0, "{sabotage:?} went unnoticed");
+    assert!(
+        s.violation_kinds.keys().any(|k| k.contains(kind)),
+        "{sabotage:?}: {:?}",
+        s.violation_kinds
+    );
+}
+
+#[test]
+fn the_checks_catch_a_lost_interrupt() {
+    sabotaged(
+        Scenario::IpiStorm,
+        Sabotage::DropEventInj,
+        "never delivered",
+    );
+}
+
+#[test]
+fn the_checks_catch_a_duplicate_delivery() {
+    sabotaged(
+        Scenario::IpiStorm,
+        Sabotage::DoubleDeliver,
+        "without a request",
+    );
+}
+
+#[test]
+fn the_checks_catch_a_delivery_at_or_below_ppr() {
+    sabotaged(Scenario::IpiStorm, Sabotage::IgnoreVTpr, "PPR class");
+}
+
+#[test]
+fn the_checks_catch_busy_at_vmrun() {
+    sabotaged(
+        Scenario::IdleTimer,
+        Sabotage::BusyAtVmrun,
+        "BUSY set at a VMRUN",
+    );
+}
+
+#[test]
+fn an_unknown_scenario_name_is_refused() {
+    assert!("idle-timer".parse::<Scenario>().is_ok());
+    assert!("nope".parse::<Scenario>().is_err());
+}
