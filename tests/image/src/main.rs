@@ -5,10 +5,15 @@
 //! output on COM1, an IDT whose vector 28 (#HV) runs the #HV logic (`hv`), the
 //! local APIC in xAPIC mode (its timer is the asynchronous #HV source), and runs
 //! the tests (`runner`). See docs/testing.md; run it with `tests/image/run-tests.sh`.
+//! With a command line starting with `demo` it runs the simulator instead
+//! (`demo`, `tests/image/run-demo.sh`; docs/simulator.md).
 //!
 //! The kernel only exists for `target_os = "none"`; the host build is a stub so
 //! that workspace-wide host commands keep working.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
 
 #[cfg(target_os = "none")]
 mod serial;
@@ -17,6 +22,8 @@ mod serial;
 mod boot;
 #[cfg(target_os = "none")]
 mod cpu;
+#[cfg(target_os = "none")]
+mod demo;
 #[cfg(target_os = "none")]
 mod hv;
 #[cfg(target_os = "none")]
@@ -45,6 +52,16 @@ extern "C" fn kmain(start_info: u32) -> ! {
     let tsc_per_ms = time::calibrate();
     let mut buf: boot::CmdlineBuf = [0; boot::CMDLINE_MAX];
     let filter = boot::cmdline(&mut buf);
+    if let Some(args) = filter
+        .strip_prefix("demo")
+        .filter(|rest| rest.is_empty() || rest.starts_with(' '))
+    {
+        println!(
+            "image: long mode up, TSC {tsc_per_ms} ticks/ms, demo {:?}",
+            args.trim()
+        );
+        demo::run(args)
+    }
     println!("image: long mode up, TSC {tsc_per_ms} ticks/ms, filter {filter:?}");
     runner::run(filter)
 }
@@ -53,6 +70,7 @@ extern "C" fn kmain(start_info: u32) -> ! {
 fn main() {
     println!(
         "The test image is a kernel for x86_64-unknown-none; run it under QEMU with \
-         tests/image/run-tests.sh [FILTER]"
+         tests/image/run-tests.sh [FILTER] (in-kernel tests) or \
+         tests/image/run-demo.sh [SCENARIO [VCPUS [SEED [STEPS]]]] (the simulator demo)"
     );
 }

@@ -15,13 +15,11 @@ use crate::{boot, cpu, hv, lapic};
 /// Every suite the image runs, grouped per crate. Crates exposing
 /// `ktests::ALL: &[&[Test]]` are listed as is, crates exposing only
 /// `ktests::TESTS` as `&[TESTS]`.
-///
-/// The lead adds `apic::ktests::ALL` (or `&[apic::ktests::TESTS]`) and the
-/// `kernel` crate's here, with the dependency in Cargo.toml.
 const GROUPS: &[&[&[Test]]] = &[
     vmsa::ktests::ALL,
     &[doorbell::ktests::TESTS],
     &[apic::ktests::TESTS],
+    kernel::ktests::ALL,
     &[crate::hv_tests::TESTS],
 ];
 

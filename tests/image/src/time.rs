@@ -78,3 +78,10 @@ pub fn spin_ms(ms: u64) {
         cpu::pause();
     }
 }
+
+/// Seconds since `start` (a [`cpu::rdtsc`] value), at the calibrated rate.
+pub fn seconds_since(start: u64) -> f64 {
+    let ticks = cpu::rdtsc().saturating_sub(start);
+    let per_ms = TSC_PER_MS.load(Ordering::Relaxed).max(1);
+    ticks as f64 / per_ms as f64 / 1000.0
+}

@@ -16,6 +16,8 @@
 //!   takes it at once (as on bare metal); otherwise the guest halts and its
 //!   exit reaches VMPL0 only when the host wakes it.
 
+use alloc::{format, string::String, vec::Vec};
+
 use kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
 use kernel::protocol::{CallResult, ResultCode, configure};
 use vmsa::{EventInj, EventType, ExitCode, ExitKind, RFLAGS_IF, VmsaAccess};
@@ -86,9 +88,9 @@ impl Sim {
 
     /// The engine's GHCB calls, applied by the hypervisor model.
     pub fn process_effects(&mut self) {
-        let mut effects = std::mem::take(&mut self.effect_buf);
+        let mut effects = core::mem::take(&mut self.effect_buf);
         if let Ok(mut pending) = self.m.platform.effects.try_borrow_mut() {
-            std::mem::swap(&mut *pending, &mut effects);
+            core::mem::swap(&mut *pending, &mut effects);
         }
         for effect in effects.drain(..) {
             self.apply_effect(effect);
@@ -730,7 +732,7 @@ impl Sim {
             .m
             .caa
             .get(i)
-            .is_some_and(|b| b.swap(0, std::sync::atomic::Ordering::AcqRel) == 1);
+            .is_some_and(|b| b.swap(0, core::sync::atomic::Ordering::AcqRel) == 1);
         if lazy {
             self.stats.guest_lazy_eois = self.stats.guest_lazy_eois.saturating_add(1);
             self.pop_frame(i);

@@ -3,7 +3,8 @@
 //! time, with the invariants that must hold after each step. Every check
 //! returns `Err(what)`; the fuzz targets turn it into a crash.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use alloc::{format, string::String, vec, vec::Vec};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use doorbell::DoorbellPage;
 use kernel::protocol::CallResult;
@@ -146,7 +147,7 @@ impl Harness {
         self.platform
             .effects
             .try_borrow_mut()
-            .map(|mut e| std::mem::take(&mut *e))
+            .map(|mut e| core::mem::take(&mut *e))
             .unwrap_or_default()
     }
 

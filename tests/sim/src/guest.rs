@@ -7,6 +7,8 @@
 //! area's `no_eoi_required` byte says so. After a hand-back its APIC
 //! accesses go to the host instead.
 
+use alloc::vec::Vec;
+
 use kernel::protocol::ResultCode;
 
 use crate::scenario::Profile;

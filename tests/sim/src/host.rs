@@ -8,7 +8,8 @@
 //! emulates the vCPU's APIC itself with the `apic` crate and injects like
 //! KVM. In hostile mode it misbehaves (see `docs/simulator.md`).
 
-use std::sync::atomic::Ordering;
+use alloc::{format, vec, vec::Vec};
+use core::sync::atomic::Ordering;
 
 use apic::{LocalApic, RequestOutcome, Trigger, VectorSet};
 use doorbell::DescriptorStatus;
@@ -37,7 +38,7 @@ impl Sim {
             .platform
             .timers
             .get(i)
-            .and_then(std::cell::Cell::get)
+            .and_then(core::cell::Cell::get)
             .is_some_and(|t| t <= self.now);
         if due && !self.vcpus.get(i).is_some_and(|v| v.handed_back) {
             let now = self.now;

@@ -14,6 +14,8 @@
 //! NMIs follow the same rule with one pending plus one in service
 //! (spec §6); #MC with one.
 
+use alloc::vec::Vec;
+
 /// Most deliveries one vector can be owed (IRR + ISR).
 const MAX_CREDIT: u8 = 2;
 

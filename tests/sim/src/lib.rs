@@ -12,11 +12,15 @@
 //! - [`ledger`], [`report`], [`trace`]: the checks and the output.
 //!
 //! [`run`] is the whole simulation for one configuration.
-// A std test tool, not SVSM code: the workspace's no-panic arithmetic and
-// indexing lints guard hostile input in the no_std crates. Here indexing of
-// fixed-size tables by u8 vectors and float formatting of figures are the
-// clear way to write it; every value the engine sees still comes through
-// its own checked API.
+//!
+//! The library is `no_std` + `alloc` without its default `std` feature, so
+//! the QEMU test image (`tests/image`, `demo` mode) runs the same models and
+//! prints the same table. `std` adds only what needs an OS: [`run`] catches
+//! panics and measures wall time, and the binary (progress bar, trace file)
+//! requires it.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
 
 pub mod cpu;
 pub mod fuzzing;
@@ -34,6 +38,8 @@ pub use report::Stats;
 pub use scenario::{Profile, Scenario};
 pub use world::{Config, Sabotage, Sim};
 
+use alloc::string::String;
+
 /// What one simulation produced.
 #[derive(Debug)]
 pub struct Outcome {
@@ -43,10 +49,23 @@ pub struct Outcome {
     pub trace: Option<String>,
 }
 
+impl Outcome {
+    fn of(sim: Sim) -> Self {
+        let now = sim.now;
+        Self {
+            stats: sim.stats,
+            trace: sim.trace.map(|t| t.finish(now)),
+        }
+    }
+}
+
 /// Runs `config` to the end (main phase, drain, final checks). A panic
 /// anywhere (engine included) is caught and reported as a violation.
 /// `progress(steps_done)` is called now and then.
+#[cfg(feature = "std")]
 pub fn run(config: Config, progress: impl FnMut(u64)) -> Outcome {
+    use alloc::string::ToString;
+
     let started = std::time::Instant::now();
     let mut sim = Sim::new(config);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run(progress)));
@@ -56,12 +75,20 @@ pub fn run(config: Config, progress: impl FnMut(u64)) -> Outcome {
             .map(|s| (*s).to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown payload".to_string());
-        sim.violation(0, format!("panic: {what}"));
+        sim.violation(0, alloc::format!("panic: {what}"));
     }
     sim.stats.wall_seconds = started.elapsed().as_secs_f64();
-    let now = sim.now;
-    Outcome {
-        stats: sim.stats,
-        trace: sim.trace.map(|t| t.finish(now)),
-    }
+    Outcome::of(sim)
+}
+
+/// Runs `config` to the end (main phase, drain, final checks), as the `std`
+/// version does, but without an OS: a panic is not caught (it reaches the
+/// program's panic handler, which the test image turns into a failure) and
+/// `stats.wall_seconds` stays 0 for the caller to fill from its own clock.
+/// `progress(steps_done)` is called now and then.
+#[cfg(not(feature = "std"))]
+pub fn run(config: Config, progress: impl FnMut(u64)) -> Outcome {
+    let mut sim = Sim::new(config);
+    sim.run(progress);
+    Outcome::of(sim)
 }

@@ -89,10 +89,7 @@ fn main() -> ExitCode {
         }
         bar
     });
-    let title = format!(
-        "{} ({} vCPUs, seed {}, {} steps)",
-        args.config.scenario, args.config.vcpus, args.config.seed, steps
-    );
+    let title = args.config.title();
     let outcome = sim::run(args.config, |done| {
         if let Some(bar) = bar.as_ref() {
             bar.set_position(done);

@@ -2,7 +2,8 @@
 //! effect for the hypervisor model, applied by the world after the engine
 //! call returns (the engine never waits for the hypervisor).
 
-use std::cell::{Cell, RefCell};
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
 
 use kernel::platform::{DisableAiRequest, DoorbellRequest, NoTimer, Platform, PlatformError};
 

@@ -1,6 +1,12 @@
 //! Figures of one run and the table the CLI prints.
 
-use std::fmt::Write as _;
+use alloc::{
+    format,
+    string::{String, ToString},
+    vec::Vec,
+};
+
+use core::fmt::Write as _;
 
 use kernel::Counters;
 
@@ -82,7 +88,7 @@ pub struct Stats {
     // Invariants.
     pub violations: u64,
     pub violation_log: Vec<String>,
-    pub violation_kinds: std::collections::BTreeMap<String, u64>,
+    pub violation_kinds: alloc::collections::BTreeMap<String, u64>,
 }
 
 fn add(a: &mut u64, b: u64) {

@@ -3,6 +3,7 @@
 //! A scenario is only a [`Profile`]: which sources run, at what rates, which
 //! hostile behaviours are on. The models and the checks are the same for all.
 
+use alloc::{format, string::String, vec::Vec};
 use core::fmt;
 use core::str::FromStr;
 

@@ -2,7 +2,8 @@
 //! vCPU (`tid`), guest runs as B/E spans, everything else as instants.
 //! Timestamps are microseconds of simulated time.
 
-use std::fmt::Write as _;
+use alloc::{string::String, vec, vec::Vec};
+use core::fmt::Write as _;
 
 /// The events of one run, kept as JSON text.
 #[derive(Debug)]

@@ -12,7 +12,8 @@
 //! from one [`Rng`] seeded by `--seed`, and nothing depends on wall time or
 //! hashing, so a seed replays exactly.
 
-use std::sync::atomic::AtomicU8;
+use alloc::{format, string::String, vec::Vec};
+use core::sync::atomic::AtomicU8;
 
 use apic::LocalApic;
 use doorbell::DoorbellPage;
@@ -83,6 +84,15 @@ impl Config {
             no_forged_intr: false,
             sabotage: None,
         }
+    }
+
+    /// The table's title: `SCENARIO (N vCPUs, seed S, K steps)`, as the CLI
+    /// and the test image's demo print it.
+    pub fn title(&self) -> String {
+        format!(
+            "{} ({} vCPUs, seed {}, {} steps)",
+            self.scenario, self.vcpus, self.seed, self.steps
+        )
     }
 }
 
@@ -403,7 +413,11 @@ impl Sim {
                     .as_ref()
                     .and_then(LocalApic::next_timer_deadline)
             } else {
-                self.m.platform.timers.get(i).and_then(std::cell::Cell::get)
+                self.m
+                    .platform
+                    .timers
+                    .get(i)
+                    .and_then(core::cell::Cell::get)
             };
             if let Some(t) = timer
                 && t < best.0
