@@ -9,6 +9,10 @@ pub struct Counters {
     pub presented_eventinj: u64,
     /// Interrupts queued through V_IRQ.
     pub presented_virq: u64,
+    /// Of `presented_virq`: vectors queued while blocked only by TPR (their
+    /// class is above every in-service class), so that hardware delivers
+    /// them as soon as the guest lowers CR8 below their class (spec §2).
+    pub virq_behind_tpr: u64,
     /// V_IRQ queue entries the guest took (hardware cleared V_IRQ).
     pub virq_acknowledged: u64,
     /// Presentations taken back after an exit (EVENTINJ still valid, V_IRQ
@@ -16,12 +20,24 @@ pub struct Counters {
     pub recalled: u64,
     /// EXITINTINFO events copied back into EVENTINJ.
     pub reinjected: u64,
+    /// EXITINTINFO events dropped instead of re-injected: malformed ones
+    /// (`vmsa::rules`) and those the engine did not present: an external
+    /// interrupt, NMI or #MC it had not put in the run, an exception vector
+    /// the processor never raises (see `exit_event`).
+    pub forged_exit_events: u64,
     /// EOIs the guest skipped through `no_eoi_required`, performed by the engine.
     pub lazy_eois: u64,
     /// #HV IPIs sent to wake another vCPU.
     pub kicks_sent: u64,
     /// Posts that needed no kick (target mailbox already non-empty).
     pub kicks_suppressed: u64,
+    /// Failed kicks retried (by a later post to the target or at this
+    /// vCPU's next `before_run`); also counted in `kicks_sent` when they
+    /// succeed.
+    pub kick_retries: u64,
+    /// Guest IPIs (or NMIs) forwarded to the host with the #HV IPI call
+    /// because the target's APIC was handed back to the host.
+    pub ipis_forwarded: u64,
     /// Host-presented vectors refused (0-30, CONFIGURE_VECTOR filter, bad descriptor).
     pub host_vectors_rejected: u64,
     /// Host-presented vectors accepted into the APIC.

@@ -15,8 +15,11 @@
 //!    (V_NMI when V_NMI_ENABLE, else EVENTINJ type 2), then the highest
 //!    deliverable vector: through EVENTINJ when the guest can take it now
 //!    (RFLAGS.IF, no shadow, EVENTINJ free; the vector moves IRR -> ISR at
-//!    once), else queued in V_IRQ. An event re-injected from EXITINTINFO
-//!    owns EVENTINJ for this run and is never overwritten.
+//!    once), else queued in V_IRQ. A vector held back by TPR alone (its
+//!    class is above every in-service class) is queued in V_IRQ as well,
+//!    V_INTR_PRIO = its class: CR8 writes do not exit, and hardware takes it
+//!    when V_TPR drops below that class (spec §2). An event re-injected
+//!    from EXITINTINFO owns EVENTINJ for this run and is never overwritten.
 //! 3. Lazy EOI: the calling area's `no_eoi_required` byte is set to 1 only
 //!    when after this delivery exactly one vector is in service, it is edge,
 //!    and nothing else is pending; otherwise it is set to 0.
@@ -25,7 +28,9 @@
 //! # After each exit ([`VcpuEngine::after_exit`])
 //! Test-and-set BUSY; recall what was not delivered (EVENTINJ still valid:
 //! ISR -> IRR; V_IRQ still set: stays in IRR), account for a taken V_IRQ
-//! (IRR -> ISR), re-inject EXITINTINFO, resolve the NMI, sync TPR from V_TPR,
+//! (IRR -> ISR), re-inject EXITINTINFO when the engine can account for it
+//! (see `exit_event`: its own presentations, guest-raised exceptions;
+//! anything else is dropped and counted), resolve the NMI, sync TPR from V_TPR,
 //! perform an EOI the guest signalled lazily. A VMEXIT_BUSY exit is repaired
 //! by the same recall; more than [`MAX_BUSY_REPAIRS`] in a row is fatal.
 //!
@@ -53,10 +58,12 @@ use vmsa::rules::{self, Reinjection, VirqOutcome};
 use vmsa::{EventInj, EventType, ExitKind, RFLAGS_IF, VIntrCtrl, VmsaAccess};
 
 use crate::counters::{Counters, bump};
+use crate::exit_event::{self, Presented};
 use crate::fabric::{Fabric, VcpuShared, pack_address};
 use crate::level::HostLevel;
+use crate::mailbox::{Post, PostBits};
 use crate::nmi::{NmiExit, NmiState, NmiVia};
-use crate::platform::{DisableAiRequest, Platform, notification_icr};
+use crate::platform::{DisableAiRequest, Platform, forward_icr, notification_icr};
 use crate::protocol::{
     ApicCall, CallRegs, CallResult, ResultCode, configure_vector, feature, register_error,
 };
@@ -171,6 +178,9 @@ pub struct VcpuEngine {
     /// The deadline the platform timer is armed for.
     timer_armed: Option<u64>,
     timer_missing_logged: bool,
+    /// A kick this vCPU sent failed: its next `before_run` retries every
+    /// kick marked failed in the fabric.
+    kick_retry: bool,
 }
 
 // Engine state per vCPU, APIC included, must stay within 1 KiB (the shared
@@ -209,6 +219,7 @@ impl VcpuEngine {
             fatal: None,
             timer_armed: None,
             timer_missing_logged: false,
+            kick_retry: false,
         })
     }
 
@@ -325,7 +336,12 @@ impl VcpuEngine {
         if let Ok(host) = env.doorbell.consume(self.guest_vmpl) {
             self.accept_host(env, &host)?;
         }
+        if self.kick_retry {
+            self.retry_failed_kicks(env);
+        }
         if slot.mailbox().outstanding() {
+            // The drain also clears a failed-kick mark: it takes every post
+            // announced so far, so the kick needs no retry.
             let posted = slot.mailbox().drain();
             for vector in posted.iter() {
                 let _ = self.apic.request(vector, Trigger::Edge);
@@ -447,21 +463,42 @@ impl VcpuEngine {
             self.nmi.mark_presented(via);
         }
 
-        let Some(vector) = self.apic.highest_deliverable() else {
-            return;
+        let (vector, behind_tpr) = match self.apic.highest_deliverable() {
+            Some(vector) => (vector, false),
+            None => match self.highest_behind_tpr() {
+                Some(vector) => (vector, true),
+                None => return,
+            },
         };
         let rflags = vmsa.rflags();
         let ctrl = vmsa.vintr_ctrl();
         let window_open = rflags & RFLAGS_IF != 0 && !ctrl.int_shadow();
-        if eventinj_free && window_open {
+        if !behind_tpr && eventinj_free && window_open {
             vmsa.set_event_inj(EventInj::external_interrupt(vector));
             self.apic.acknowledge(vector);
             self.eventinj = Some(InEventInj::Apic(vector));
             bump(&mut self.counters.presented_eventinj);
         } else if !ctrl.v_irq() && rules::queue_v_irq(vmsa, vector).is_ok() {
+            // V_INTR_PRIO = the vector's class, V_IGN_TPR = 0: hardware takes
+            // it only while V_INTR_PRIO > V_TPR (spec §2), so a vector held
+            // back by TPR alone is delivered as soon as the guest lowers CR8,
+            // which does not exit with Alternate Injection.
             self.virq = Some(vector);
             bump(&mut self.counters.presented_virq);
+            if behind_tpr {
+                bump(&mut self.counters.virq_behind_tpr);
+            }
         }
+    }
+
+    /// The highest pending vector when TPR alone holds it back: its class
+    /// is above every in-service class, so it becomes deliverable as soon as
+    /// TPR drops below its class (PPR = max(TPR, ISRV class), Intel SDM
+    /// vol. 3A §11.8.3.1). Call when `highest_deliverable()` is `None`.
+    fn highest_behind_tpr(&self) -> Option<u8> {
+        let vector = self.apic.irr().highest()?;
+        let in_service = self.apic.isr().highest().unwrap_or(0);
+        (vector & 0xF0 > in_service & 0xF0).then_some(vector)
     }
 
     /// Sets or clears the calling area's `no_eoi_required` (module doc).
@@ -540,9 +577,13 @@ impl VcpuEngine {
         self.nmi.exit_begin(ctrl.v_nmi_mask());
 
         let run = rules::take_undelivered(vmsa);
+        // What hardware took of what the engine presented: the only INTR,
+        // NMI and #MC that EXITINTINFO may name (see `exit_event`).
+        let mut taken = Presented::default();
         // V_IRQ first, so a taken vector is in ISR before EXITINTINFO names it.
         match run.v_irq {
             VirqOutcome::Taken(v) if self.virq == Some(v) => {
+                taken.virq_vector = Some(v);
                 if !self.apic.acknowledge(v) {
                     // Cannot happen with the priorities checked at
                     // presentation; the guest has the vector either way.
@@ -573,8 +614,21 @@ impl VcpuEngine {
             (Some(InEventInj::Nmi), Some(_)) => nmi_outcome = Some(NmiExit::NotDelivered),
             (Some(InEventInj::MachineCheck), Some(_)) => self.mc_pending = true,
             (Some(InEventInj::Other(_)), Some(ev)) | (None, Some(ev)) => keep = Some(ev),
-            (Some(InEventInj::Nmi), None) => nmi_outcome = Some(NmiExit::Taken),
-            (Some(_), None) | (None, None) => {}
+            (Some(InEventInj::Nmi), None) => {
+                taken.nmi = true;
+                nmi_outcome = Some(NmiExit::Taken);
+            }
+            (Some(InEventInj::Apic(v)), None) => taken.eventinj_vector = Some(v),
+            (Some(InEventInj::MachineCheck), None) => taken.machine_check = true,
+            // An INTR the engine itself re-injected earlier whose vector
+            // was no longer in service (the guest EOI'd ahead of it).
+            (Some(InEventInj::Other(ev)), None) if ev.event_type() == EventType::Intr => {
+                taken.eventinj_vector = Some(ev.vector());
+            }
+            (Some(InEventInj::Other(_)), None) | (None, None) => {}
+        }
+        if self.nmi.presented() == Some(NmiVia::VNmi) && !ctrl.v_nmi() {
+            taken.nmi = true;
         }
 
         // EXITINTINFO: the delivery the exit interrupted happens again,
@@ -582,7 +636,9 @@ impl VcpuEngine {
         if exit.is_some() {
             match rules::reinject_exit_int_info(vmsa) {
                 Reinjection::None => {}
-                Reinjection::Reinjected { event, .. } => {
+                Reinjection::Reinjected { event, .. }
+                    if exit_event::may_reinject(event, &taken) =>
+                {
                     bump(&mut self.counters.reinjected);
                     let owner = self.classify_reinjected(event);
                     if owner == InEventInj::Nmi {
@@ -590,14 +646,14 @@ impl VcpuEngine {
                     }
                     self.eventinj = Some(owner);
                 }
-                Reinjection::GuestReexecutes(_) => {}
-                Reinjection::Rejected(event) => {
-                    log::warn!(
-                        "vCPU {}: malformed EXITINTINFO {:#x} dropped",
-                        self.index,
-                        event.into_bits()
-                    );
+                Reinjection::Reinjected { event, .. } => {
+                    // Not ours to deliver: take it out of EVENTINJ again
+                    // (empty before: `take_undelivered` cleared it).
+                    vmsa.set_event_inj(EventInj::new());
+                    self.drop_exit_event(event, "not presented by the engine");
                 }
+                Reinjection::GuestReexecutes(_) => {}
+                Reinjection::Rejected(event) => self.drop_exit_event(event, "malformed"),
             }
         }
         if let Some(ev) = keep {
@@ -657,6 +713,19 @@ impl VcpuEngine {
                 Trigger::Edge
             };
             let _ = self.apic.request(vector, trigger);
+        }
+    }
+
+    /// Counts (and rarely logs) an EXITINTINFO event that is not re-injected.
+    fn drop_exit_event(&mut self, event: EventInj, why: &str) {
+        bump(&mut self.counters.forged_exit_events);
+        if rare(self.counters.forged_exit_events) {
+            log::warn!(
+                "vCPU {}: EXITINTINFO {:#x} dropped ({why}; {} so far)",
+                self.index,
+                event.into_bits(),
+                self.counters.forged_exit_events
+            );
         }
     }
 
@@ -757,32 +826,42 @@ impl VcpuEngine {
         bump(&mut self.counters.ipis_sent);
         let me = self.index();
         let mut to_self = false;
+        let vector = ipi.vector;
+        let notification = self.notification_vector;
+        // Local tallies, and no `self` in the closure: counters bumped in
+        // memory per target would be reloaded and stored around every
+        // atomic (a broadcast to 511).
         let mut kicks = 0u32;
         let mut suppressed = 0u32;
-        let mut kick_targets_failed = 0u32;
-        let notification = self.notification_vector;
+        // Failed kicks, retries, forwards: rare, kept out of line.
+        let mut rare_paths = IpiTally::default();
+        // Computed once; keeps the per-target closure small enough for
+        // LLVM to inline it into the fabric's walk (a call per target costs
+        // about 4 ns in a broadcast to 511).
+        let bits = if nmi {
+            Some(PostBits::NMI)
+        } else {
+            PostBits::vector(vector)
+        };
+        let per_target = |index: usize, slot: &VcpuShared| {
+            if index == me {
+                to_self = true;
+                return;
+            }
+            let post = match bits {
+                Some(bits) => slot.mailbox().post_bits(bits),
+                None => Post::Covered,
+            };
+            match post {
+                Post::Kick if try_kick(env.platform, slot, notification) => {
+                    kicks = kicks.wrapping_add(1);
+                }
+                Post::Covered => suppressed = suppressed.wrapping_add(1),
+                other => rare_paths.rare_post(other, env.platform, slot, notification, vector, nmi),
+            }
+        };
         env.fabric
-            .for_each_target(me, ipi.source, &ipi.destination, |index, slot| {
-                if index == me {
-                    to_self = true;
-                    return;
-                }
-                let kick = if nmi {
-                    slot.mailbox().post_nmi()
-                } else {
-                    slot.mailbox().post(ipi.vector)
-                };
-                if kick {
-                    let icr = notification_icr(slot.host_apic_id(), notification);
-                    if env.platform.hv_ipi(icr).is_ok() {
-                        kicks = kicks.wrapping_add(1);
-                    } else {
-                        kick_targets_failed = kick_targets_failed.wrapping_add(1);
-                    }
-                } else {
-                    suppressed = suppressed.wrapping_add(1);
-                }
-            });
+            .for_each_target(me, ipi.source, &ipi.destination, per_target);
         if to_self {
             if nmi {
                 self.request_nmi();
@@ -793,16 +872,94 @@ impl VcpuEngine {
         let c = &mut self.counters;
         c.kicks_sent = c.kicks_sent.saturating_add(u64::from(kicks));
         c.kicks_suppressed = c.kicks_suppressed.saturating_add(u64::from(suppressed));
-        if kick_targets_failed != 0 {
-            c.platform_errors = c
-                .platform_errors
-                .saturating_add(u64::from(kick_targets_failed));
-            // The target still drains at its next exit of any kind.
-            if rare(c.platform_errors) {
-                log::warn!("vCPU {}: #HV IPI kick failed", self.index);
-            }
+        // One flag, not the fields: a wide load of fields just stored one
+        // by one would stall on store forwarding.
+        if rare_paths.any {
+            self.count_ipi(&rare_paths);
         }
         Ok(())
+    }
+
+    /// Adds the tallies of the rare outcomes (and of the kicks and posts
+    /// they include) to the counters; failed kicks schedule the retry sweep;
+    /// failures are logged, rate-limited.
+    #[cold]
+    #[inline(never)]
+    fn count_ipi(&mut self, t: &IpiTally) {
+        let c = &mut self.counters;
+        let add = |counter: &mut u64, n: u32| *counter = counter.saturating_add(u64::from(n));
+        add(&mut c.kicks_sent, t.kicks);
+        add(&mut c.kicks_suppressed, t.suppressed);
+        add(&mut c.kick_retries, t.retries);
+        add(&mut c.ipis_forwarded, t.forwarded);
+        if t.kick_failed == 0 && t.forward_failed == 0 {
+            return;
+        }
+        if t.kick_failed != 0 {
+            self.kick_retry = true;
+        }
+        let before = c.platform_errors;
+        add(
+            &mut c.platform_errors,
+            t.kick_failed.wrapping_add(t.forward_failed),
+        );
+        // Log when the count crossed a power of two.
+        if before.checked_ilog2() != c.platform_errors.checked_ilog2() {
+            log::warn!(
+                "vCPU {}: #HV IPI failed: {} kicks (retried later), {} IPIs to handed-back vCPUs (lost)",
+                self.index,
+                t.kick_failed,
+                t.forward_failed
+            );
+        }
+    }
+
+    /// Kicks `slot`'s VMPL0 (see [`try_kick`]), counted like a send's kick.
+    fn kick<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, slot: &VcpuShared) {
+        let mut tally = IpiTally {
+            retries: 1,
+            ..IpiTally::default()
+        };
+        tally.kick(try_kick(env.platform, slot, self.notification_vector), slot);
+        self.count_ipi(&tally);
+    }
+
+    /// Retries every kick marked failed (after one of ours failed). Bounded
+    /// by the fabric's size; runs only while a failure is outstanding.
+    fn retry_failed_kicks<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) {
+        self.kick_retry = false;
+        let me = self.index();
+        for index in 0..env.fabric.len() {
+            let Some(slot) = env.fabric.slot(index) else {
+                continue;
+            };
+            // The owner drains its own mailbox; a handed-back vCPU's VMPL0
+            // no longer drains one.
+            if index == me || slot.handed_back() {
+                continue;
+            }
+            if slot.mailbox().take_kick_failed() {
+                self.kick(env, slot);
+            }
+        }
+    }
+
+    /// Forwards what a closed mailbox took at the hand-back to the host
+    /// (see [`forward`]).
+    fn forward_ipi<P: Platform + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        slot: &VcpuShared,
+        vector: u8,
+        nmi: bool,
+    ) {
+        let mut tally = IpiTally::default();
+        if forward(env.platform, slot, vector, nmi) {
+            tally.forwarded = 1;
+        } else {
+            tally.forward_failed = 1;
+        }
+        self.count_ipi(&tally);
     }
 
     // ---------------------------------------------------------------- timer
@@ -988,7 +1145,18 @@ impl VcpuEngine {
     // ------------------------------------------------------------ hand-back
 
     /// Gives the APIC back to the host: descriptor writeback, then
-    /// disable-AI (spec §5 CONFIGURE, §4 0x8000_001C).
+    /// disable-AI (spec §5 CONFIGURE, §4 0x8000_001C), then the mailbox is
+    /// closed.
+    ///
+    /// Order \[choice\]: a post can land at any time, so the mailbox is
+    /// drained into the APIC before the writeback (the common case), and
+    /// closed only once the host has taken the APIC: [`Mailbox::close`]
+    /// takes what arrived in between, which goes to the host by #HV IPI
+    /// like every later post (whose sender sees the mailbox closed and
+    /// forwards it). Nothing is stranded in a mailbox nobody drains, and a
+    /// failed disable-AI leaves the mailbox open and the APIC emulated.
+    ///
+    /// [`Mailbox::close`]: crate::mailbox::Mailbox::close
     fn hand_back<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
@@ -1060,13 +1228,100 @@ impl VcpuEngine {
         self.host_level.clear();
         self.registration.complete_hand_back();
         if let Some(slot) = self.slot(env) {
-            slot.deactivate();
+            // Closing also clears a failed-kick mark (moot now).
+            let late = slot.mailbox().close();
+            for vector in late.iter() {
+                self.forward_ipi(env, slot, vector, false);
+            }
+            if late.nmi {
+                self.forward_ipi(env, slot, 0, true);
+            }
         }
         let _ = env.platform.arm_timer(None);
         self.timer_armed = None;
         log::info!("vCPU {}: APIC handed back to the host", self.index);
         Ok(())
     }
+}
+
+/// What one guest IPI did, per target kind (see `VcpuEngine::count_ipi`).
+#[derive(Clone, Copy, Default)]
+struct IpiTally {
+    /// Something was recorded.
+    any: bool,
+    kicks: u32,
+    suppressed: u32,
+    retries: u32,
+    kick_failed: u32,
+    forwarded: u32,
+    forward_failed: u32,
+}
+
+impl IpiTally {
+    /// The rare outcomes of a post: a kick that failed (`Kick` here means
+    /// `try_kick` already failed once), a retry the post took the mark for
+    /// (ON is still set after a failed kick, so no post would kick again),
+    /// a closed mailbox (forward to the host).
+    #[cold]
+    #[inline(never)]
+    fn rare_post<P: Platform + ?Sized>(
+        &mut self,
+        post: Post,
+        platform: &P,
+        slot: &VcpuShared,
+        notification: u8,
+        vector: u8,
+        nmi: bool,
+    ) {
+        self.any = true;
+        match post {
+            Post::Kick => self.kick(false, slot),
+            Post::RetryKick => {
+                self.retries = self.retries.wrapping_add(1);
+                self.kick(try_kick(platform, slot, notification), slot);
+            }
+            Post::Closed => {
+                if forward(platform, slot, vector, nmi) {
+                    self.forwarded = self.forwarded.wrapping_add(1);
+                } else {
+                    self.forward_failed = self.forward_failed.wrapping_add(1);
+                }
+            }
+            Post::Covered => self.suppressed = self.suppressed.wrapping_add(1),
+        }
+    }
+
+    /// Records a kick's result; a failed one marks the target's mailbox
+    /// (see [`crate::mailbox::Mailbox::mark_kick_failed`]).
+    fn kick(&mut self, sent: bool, slot: &VcpuShared) {
+        self.any = true;
+        if sent {
+            self.kicks = self.kicks.wrapping_add(1);
+        } else {
+            slot.mailbox().mark_kick_failed();
+            self.kick_failed = self.kick_failed.wrapping_add(1);
+        }
+    }
+}
+
+/// Forwards a guest IPI (or NMI) to the host, which emulates `slot`'s APIC
+/// since the hand-back: #HV IPI (GHCB 0x8000_0015) with the guest's vector
+/// ([`forward_icr`]). True when the platform accepted the call; otherwise
+/// nothing else can reach that vCPU and the IPI is lost (counted).
+#[cold]
+#[inline(never)]
+fn forward<P: Platform + ?Sized>(platform: &P, slot: &VcpuShared, vector: u8, nmi: bool) -> bool {
+    platform
+        .hv_ipi(forward_icr(slot.host_apic_id(), vector, nmi))
+        .is_ok()
+}
+
+/// Kicks `slot`'s VMPL0: #HV IPI (GHCB 0x8000_0015) with the notification
+/// vector. True when the platform accepted the call.
+fn try_kick<P: Platform + ?Sized>(platform: &P, slot: &VcpuShared, notification: u8) -> bool {
+    platform
+        .hv_ipi(notification_icr(slot.host_apic_id(), notification))
+        .is_ok()
 }
 
 /// Log rate limit for events a guest or host can repeat at will: the 1st,

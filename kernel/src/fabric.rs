@@ -132,9 +132,23 @@ impl VcpuShared {
         &self.mailbox
     }
 
-    /// Whether the vCPU's engine exists.
+    /// Whether the vCPU's engine exists and the SVSM emulates its APIC
+    /// (false before the engine is created and after the hand-back).
     pub fn present(&self) -> bool {
-        self.address.load(Ordering::Acquire) >> MODE_SHIFT != MODE_ABSENT
+        self.address.load(Ordering::Acquire) >> MODE_SHIFT != MODE_ABSENT && !self.handed_back()
+    }
+
+    /// Whether the vCPU's APIC was handed back to the host: its mailbox is
+    /// closed, and IPIs to it go to the host (GHCB #HV IPI). Its last
+    /// published address stays, so destinations still match it.
+    pub fn handed_back(&self) -> bool {
+        self.mailbox.closed()
+    }
+
+    /// Whether a failed kick to this vCPU waits for its retry
+    /// ([`Mailbox::mark_kick_failed`]).
+    pub fn kick_failed(&self) -> bool {
+        self.mailbox.kick_failed()
     }
 
     /// The published APIC address; `None` when absent.
@@ -178,9 +192,13 @@ impl VcpuShared {
         self.owner.hv_events.swap(0, Ordering::AcqRel)
     }
 
-    /// Makes the slot present (the owner's engine was created).
+    /// Makes the slot present (the owner's engine was created). A slot
+    /// whose APIC had been handed back gets an empty, open mailbox again.
     pub(crate) fn activate(&self, host_apic_id: u32, address: &ApicAddress) {
         self.host_apic_id.store(host_apic_id, Ordering::Relaxed);
+        if self.mailbox.closed() {
+            self.mailbox.reset();
+        }
         self.publish_packed(pack_address(address));
     }
 
@@ -190,11 +208,18 @@ impl VcpuShared {
             self.address.store(packed, Ordering::Release);
         }
     }
+}
 
-    /// Marks the slot absent again (the vCPU was destroyed or handed back).
-    pub(crate) fn deactivate(&self) {
-        self.address.store(0, Ordering::Release);
-    }
+/// Which slots one destination walks (see [`Fabric::for_each_target`]).
+#[derive(Clone, Copy)]
+enum Scan {
+    /// Exactly this slot (self, or a physical ID found at its own index).
+    Only(usize),
+    /// Every present, enabled slot, except `skip` (broadcast shorthands).
+    All { skip: Option<usize> },
+    /// Every slot whose published address matches; stop at the first one
+    /// when `first_only` (a physical ID not at its own index).
+    Match { first_only: bool },
 }
 
 /// The table of every vCPU's shared part, owned by the SVSM.
@@ -237,52 +262,48 @@ impl<'a> Fabric<'a> {
         destination: &Destination,
         mut f: impl FnMut(usize, &'a VcpuShared),
     ) {
-        match *destination {
-            Destination::ToSelf => {
-                if let Some(slot) = self.slots.get(sender) {
-                    f(sender, slot);
-                }
-            }
-            Destination::AllIncludingSelf | Destination::AllExcludingSelf => {
-                let skip_self = matches!(destination, Destination::AllExcludingSelf);
-                for (index, slot) in self.slots.iter().enumerate() {
-                    if skip_self && index == sender {
-                        continue;
-                    }
-                    let mode = slot.packed_address() >> MODE_SHIFT;
-                    if mode >= MODE_XAPIC {
-                        f(index, slot);
-                    }
-                }
-            }
+        let scan = match *destination {
+            Destination::ToSelf => Scan::Only(sender),
+            Destination::AllIncludingSelf => Scan::All { skip: None },
+            Destination::AllExcludingSelf => Scan::All { skip: Some(sender) },
             Destination::Physical { id, x2apic } => {
                 let broadcast = if x2apic { id == u32::MAX } else { id == 0xFF };
-                if !broadcast {
-                    let direct = usize::try_from(id)
-                        .ok()
-                        .and_then(|i| self.slots.get(i).map(|s| (i, s)));
-                    if let Some((index, slot)) = direct
-                        && Self::accepts(slot, source_id, destination)
-                    {
-                        f(index, slot);
-                        return;
-                    }
-                }
-                for (index, slot) in self.slots.iter().enumerate() {
-                    if Self::accepts(slot, source_id, destination) {
-                        f(index, slot);
-                        if !broadcast {
-                            // Physical IDs are unique: one target at most.
-                            return;
-                        }
-                    }
+                let direct = usize::try_from(id)
+                    .ok()
+                    .filter(|_| !broadcast)
+                    .filter(|&i| {
+                        self.slots
+                            .get(i)
+                            .is_some_and(|slot| Self::accepts(slot, source_id, destination))
+                    });
+                match direct {
+                    Some(index) => Scan::Only(index),
+                    // Physical IDs are unique: one target at most.
+                    None => Scan::Match {
+                        first_only: !broadcast,
+                    },
                 }
             }
-            Destination::Logical { .. } => {
-                for (index, slot) in self.slots.iter().enumerate() {
-                    if Self::accepts(slot, source_id, destination) {
-                        f(index, slot);
-                    }
+            Destination::Logical { .. } => Scan::Match { first_only: false },
+        };
+        // One loop and a single call of `f`, so that the caller's closure
+        // (the per-target work of a broadcast) is inlined once.
+        let (first, slots) = match scan {
+            Scan::Only(index) => (index, self.slots.get(index..=index).unwrap_or(&[])),
+            Scan::All { .. } | Scan::Match { .. } => (0, self.slots),
+        };
+        for (index, slot) in (first..).zip(slots) {
+            let hit = match scan {
+                Scan::Only(_) => true,
+                Scan::All { skip } => {
+                    skip != Some(index) && slot.packed_address() >> MODE_SHIFT >= MODE_XAPIC
+                }
+                Scan::Match { .. } => Self::accepts(slot, source_id, destination),
+            };
+            if hit {
+                f(index, slot);
+                if matches!(scan, Scan::Match { first_only: true }) {
+                    return;
                 }
             }
         }

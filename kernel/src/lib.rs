@@ -12,7 +12,8 @@
 //! [`Platform`] trait (GHCB calls, time, a one-shot timer). Modules:
 //! - [`platform`]: the trait and GHCB encodings (spec §4);
 //! - [`mailbox`], [`fabric`]: lock-free cross-vCPU delivery;
-//! - [`engine`]: the per-vCPU flow around a guest run (spec §2, §3);
+//! - [`engine`]: the per-vCPU flow around a guest run (spec §2, §3), with
+//!   the EXITINTINFO provenance rule in `exit_event`;
 //! - [`hv`]: the #HV handler logic (spec §3);
 //! - [`protocol`], [`registration`]: the APIC protocol (spec §5);
 //! - [`nmi`], [`level`], [`counters`]: NMI rules, host level-EOI tracking,
@@ -29,6 +30,8 @@ pub mod mailbox;
 pub mod counters;
 #[cfg(not(loom))]
 pub mod engine;
+#[cfg(not(loom))]
+mod exit_event;
 #[cfg(not(loom))]
 pub mod fabric;
 #[cfg(not(loom))]

@@ -27,6 +27,25 @@
 //! word 0 after it and therefore sees the bit. A post that finds its bit
 //! already set rides on the post that set it, which is collected by the
 //! same drain. No locks: a broadcast is one or two RMWs per target.
+//!
+//! Closing \[choice\]: when the owner's APIC is handed back to the host the
+//! owner [`Mailbox::close`]s the mailbox (CLOSED, bit 50 of word 0, set by
+//! the swap that drains word 0, before the other words are swapped). A
+//! post that sees CLOSED in word 0 answers [`Post::Closed`] and its sender
+//! forwards the vector to the host; a post into words 1-3 first takes its
+//! own bit back, and only forwards when it still found it (otherwise the
+//! closing drain took it). So every post is handed over exactly once
+//! (`tests/loom.rs` checks it), and none is stranded in a mailbox nobody
+//! drains any more.
+//!
+//! Failed kicks \[choice\]: when the #HV IPI for a post that reported
+//! [`Post::Kick`] fails, ON stays set, so no later post would kick. The
+//! sender sets KICK_FAILED (bit 51 of word 0) instead; the next post to
+//! see it in the value its RMW of word 0 returns takes it (one RMW) and
+//! retries ([`Post::RetryKick`]), and the failed sender sweeps the fabric
+//! for marks at its next run. The owner's drain clears the mark with ON.
+//! The common path pays nothing: the mark is tested in the word the post's
+//! RMW already returned.
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -64,6 +83,62 @@ impl Drained {
     }
 }
 
+/// Where a post lands in the PIR: word and bit (rotated layout; word 0
+/// also carries the NMI bit).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PostBits {
+    word: usize,
+    /// Bit index in the word (a shift, so the compiler sees a one-bit mask
+    /// and can use a single `lock bts` for the word's RMW).
+    shift: u8,
+}
+
+impl PostBits {
+    /// An NMI.
+    pub const NMI: Self = Self {
+        word: 0,
+        shift: NMI.trailing_zeros() as u8,
+    };
+
+    /// `vector`; `None` for the illegal vectors 0-15, which are never
+    /// posted (spec §6).
+    #[inline]
+    pub fn vector(vector: u8) -> Option<Self> {
+        if vector < FIRST_LEGAL {
+            return None;
+        }
+        let pos = vector.wrapping_sub(ROTATION);
+        Some(Self {
+            word: usize::from(pos >> 6),
+            shift: pos & 63,
+        })
+    }
+}
+
+/// What a post asks of the sender.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Post {
+    /// ON went 0 -> 1: the sender must kick the owner.
+    Kick,
+    /// Announced already (ON was set, or the vector was pending, or it is
+    /// illegal and not posted): nothing more to do.
+    Covered,
+    /// Announced already, but the kick for it had failed
+    /// ([`Mailbox::mark_kick_failed`]) and this post took the mark: the
+    /// sender must retry the kick.
+    RetryKick,
+    /// The mailbox is closed: the post is not in it, and the sender must
+    /// forward it to the host, which now emulates the owner's APIC.
+    Closed,
+}
+
+impl Post {
+    /// Whether the sender must kick the owner.
+    pub fn kick(self) -> bool {
+        matches!(self, Self::Kick | Self::RetryKick)
+    }
+}
+
 /// Ascending set bits of one 64-bit word, offset by `base`.
 struct BitIter {
     bits: u64,
@@ -94,16 +169,30 @@ const ROTATION: u8 = 208;
 const ON: u64 = 1 << 48;
 /// A pending NMI (bit 49 of PIR word 0).
 const NMI: u64 = 1 << 49;
+/// The owner's APIC went to the host: the mailbox is no longer drained
+/// (bit 50 of PIR word 0, set only by [`Mailbox::close`]).
+const CLOSED: u64 = 1 << 50;
+/// The kick for the post that set ON failed (bit 51 of PIR word 0): the
+/// next post that sees it retries the kick. Cleared with ON by the drain.
+const KICK_FAILED: u64 = 1 << 51;
 /// Bits of PIR word 0 that hold vectors 208-255.
 const WORD0_VECTORS: u64 = (1 << 48) - 1;
 /// Lowest vector a mailbox carries: 0-15 are illegal for the APIC (spec §6)
 /// and the sender's APIC never sends them.
 const FIRST_LEGAL: u8 = 16;
 
-/// PIR word index and bit of `vector` (rotated layout).
-fn slot(vector: u8) -> (usize, u64) {
-    let pos = vector.wrapping_sub(ROTATION);
-    (usize::from(pos >> 6), 1u64 << (pos & 63))
+/// A post into PIR word `w` found the mailbox closed: whoever clears `bit`
+/// owns the post. The closing drain swaps `w` after it set CLOSED, so either
+/// it took the bit (handed over: [`Post::Covered`]) or the sender takes it
+/// back here and forwards it ([`Post::Closed`]).
+#[cold]
+#[inline(never)]
+fn take_back(w: &AtomicU64, bit: u64) -> Post {
+    if w.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+        Post::Closed
+    } else {
+        Post::Covered
+    }
 }
 
 /// The PIR words (rotated layout, control bits removed) in natural vector
@@ -163,48 +252,126 @@ impl Mailbox {
         }
     }
 
-    /// Posts `vector`; returns true when the owner must be kicked (ON went
-    /// 0 -> 1). Lock-free, callable from any vCPU. Vectors 0-15 are illegal
-    /// (the sending APIC latches an ESR error instead) and are not posted.
-    pub fn post(&self, vector: u8) -> bool {
-        if vector < FIRST_LEGAL {
-            return false;
+    /// Posts `vector`. Lock-free, callable from any vCPU. Vectors 0-15 are
+    /// illegal (the sending APIC latches an ESR error instead) and are not
+    /// posted ([`Post::Covered`]). [`Post::Closed`]: the mailbox was closed
+    /// (the owner's APIC went to the host) and nothing is left in it; the
+    /// caller forwards the vector to the host.
+    #[inline]
+    pub fn post(&self, vector: u8) -> Post {
+        match PostBits::vector(vector) {
+            Some(bits) => self.post_bits(bits),
+            None => Post::Covered,
         }
-        let (word, bit) = slot(vector);
-        if word == 0 {
-            return self.set_in_word0(bit);
-        }
-        let Some(w) = self.pir.get(word) else {
-            return false;
+    }
+
+    /// Posts an NMI (collapses with one already posted); see
+    /// [`Mailbox::post`] for the answer.
+    #[inline]
+    pub fn post_nmi(&self) -> Post {
+        self.post_bits(PostBits::NMI)
+    }
+
+    /// Posts what `bits` names (see [`Mailbox::post`]); a sender posting one
+    /// vector to many mailboxes computes `bits` once.
+    #[inline]
+    pub fn post_bits(&self, bits: PostBits) -> Post {
+        let PostBits { word, shift } = bits;
+        let bit = 1u64 << (shift & 63);
+        // One inlined copy of the word-0 RMW for every kind of post.
+        let word0_bits = if word == 0 {
+            bit
+        } else {
+            match self.pir.get(word) {
+                // Already pending: the post that set it announces it (or,
+                // when closed, takes it back and forwards it).
+                Some(w) if w.fetch_or(bit, Ordering::AcqRel) & bit != 0 => return Post::Covered,
+                Some(_) => 0,
+                None => return Post::Covered,
+            }
         };
-        if w.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
-            // Already pending: the post that set it announced it.
-            return false;
-        }
-        self.set_in_word0(0)
-    }
-
-    /// Posts an NMI (collapses with one already posted); returns true when
-    /// the owner must be kicked.
-    pub fn post_nmi(&self) -> bool {
-        self.set_in_word0(NMI)
-    }
-
-    /// Sets `bits` and ON in word 0; true when ON was clear.
-    fn set_in_word0(&self, bits: u64) -> bool {
-        match self.pir.first() {
-            Some(w0) => w0.fetch_or(bits | ON, Ordering::AcqRel) & ON == 0,
-            None => false,
+        match self.set_in_word0(word0_bits) {
+            Post::Closed if word != 0 => match self.pir.get(word) {
+                Some(w) => take_back(w, bit),
+                None => Post::Covered,
+            },
+            other => other,
         }
     }
 
-    /// Whether a post is outstanding (ON set). A hint only: the owner may
+    /// Sets `bits` and ON in word 0.
+    #[inline]
+    fn set_in_word0(&self, bits: u64) -> Post {
+        let Some(w0) = self.pir.first() else {
+            return Post::Covered;
+        };
+        let before = w0.fetch_or(bits | ON, Ordering::AcqRel);
+        if before & (CLOSED | KICK_FAILED) == 0 {
+            // The common case: one test of the word the RMW returned.
+            return if before & ON == 0 {
+                Post::Kick
+            } else {
+                Post::Covered
+            };
+        }
+        self.marked_word0(before)
+    }
+
+    /// [`Mailbox::set_in_word0`] found CLOSED or KICK_FAILED in `before`.
+    #[cold]
+    #[inline(never)]
+    fn marked_word0(&self, before: u64) -> Post {
+        if before & CLOSED != 0 {
+            // Nobody drains a closed mailbox: what lands in word 0 is left
+            // there (a later reopen clears it) and forwarded by the caller.
+            return Post::Closed;
+        }
+        // A kick failed: whoever takes the mark kicks (again).
+        let took = self.take_kick_failed();
+        if before & ON == 0 {
+            // A stale mark (the drain came between the failed kick and its
+            // mark): this post kicks anyway.
+            Post::Kick
+        } else if took {
+            Post::RetryKick
+        } else {
+            Post::Covered
+        }
+    }
+
+    /// Records that the kick for the post that reported [`Post::Kick`]
+    /// failed: ON stays set (the posts stay here), and the next post that
+    /// sees the mark, or a sweep with [`Mailbox::take_kick_failed`],
+    /// retries the kick. The owner's drain clears the mark with ON.
+    pub fn mark_kick_failed(&self) {
+        if let Some(w0) = self.pir.first() {
+            w0.fetch_or(KICK_FAILED, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes the failed-kick mark: true for exactly one caller per mark,
+    /// who must retry the kick. A plain load first: it is almost never set.
+    pub fn take_kick_failed(&self) -> bool {
+        self.pir.first().is_some_and(|w0| {
+            w0.load(Ordering::Acquire) & KICK_FAILED != 0
+                && w0.fetch_and(!KICK_FAILED, Ordering::AcqRel) & KICK_FAILED != 0
+        })
+    }
+
+    /// Whether a failed kick waits for its retry.
+    pub fn kick_failed(&self) -> bool {
+        self.pir
+            .first()
+            .is_some_and(|w0| w0.load(Ordering::Acquire) & KICK_FAILED != 0)
+    }
+
+    /// Whether a post is outstanding (ON set, not closed). A hint only: the owner may
     /// skip [`Mailbox::drain`] when it is false, because a post not yet
     /// covered by ON still ends in a kick.
     pub fn outstanding(&self) -> bool {
         self.pir
             .first()
-            .is_some_and(|w0| w0.load(Ordering::Acquire) & ON != 0)
+            .is_some_and(|w0| w0.load(Ordering::Acquire) & (ON | CLOSED) == ON)
     }
 
     /// Takes everything posted (owner only): swaps word 0 (ON, NMI, vectors
@@ -217,7 +384,10 @@ impl Mailbox {
         };
         // Bits of word 0 are only ever set together with ON, so a zero word
         // 0 means nothing is announced; a post still on its way kicks.
-        if w0.load(Ordering::Acquire) == 0 {
+        let current = w0.load(Ordering::Acquire);
+        if current == 0 || current & CLOSED != 0 {
+            // Nothing announced, or closed (only [`Mailbox::close`] drains
+            // a closing mailbox).
             return Drained::default();
         }
         let first = w0.swap(0, Ordering::AcqRel);
@@ -238,6 +408,51 @@ impl Mailbox {
         Drained {
             vectors: natural(pir),
             nmi: first & NMI != 0,
+        }
+    }
+
+    /// Whether the mailbox was closed by [`Mailbox::close`].
+    pub fn closed(&self) -> bool {
+        self.pir
+            .first()
+            .is_some_and(|w0| w0.load(Ordering::Acquire) & CLOSED != 0)
+    }
+
+    /// Closes the mailbox for good and takes what was still posted (owner
+    /// only; the APIC is going to the host). Word 0 is swapped to CLOSED
+    /// first, then each other word is swapped to 0: a post whose bit landed
+    /// before the swap of its word is in the returned set; any later post
+    /// sees CLOSED and answers [`Post::Closed`], having taken its own bit
+    /// back (see [`Mailbox::post`]), so every post is handed over exactly
+    /// once, by the owner or by its sender (the loom test checks it).
+    pub fn close(&self) -> Drained {
+        let mut pir = [0u64; 4];
+        let Some((w0, rest)) = self.pir.split_first() else {
+            return Drained::default();
+        };
+        let first = w0.swap(CLOSED, Ordering::AcqRel);
+        if first & CLOSED != 0 {
+            // Already closed: nothing of ours is left.
+            return Drained::default();
+        }
+        if let Some(p0) = pir.first_mut() {
+            *p0 = first & WORD0_VECTORS;
+        }
+        for (dst, w) in pir.iter_mut().skip(1).zip(rest) {
+            *dst = w.swap(0, Ordering::AcqRel);
+        }
+        Drained {
+            vectors: natural(pir),
+            nmi: first & NMI != 0,
+        }
+    }
+
+    /// Empties and reopens the mailbox (owner only, when its engine is
+    /// created again for this slot). Whatever a sender posted while it was
+    /// closed was forwarded by that sender and is dropped here.
+    pub fn reset(&self) {
+        for w in self.pir.iter().rev() {
+            w.store(0, Ordering::Release);
         }
     }
 }

@@ -110,11 +110,29 @@ pub fn notification_icr(host_apic_id: u32, vector: u8) -> u64 {
     (u64::from(host_apic_id) << 32) | u64::from(vector)
 }
 
+/// ICR of the #HV IPI that forwards a guest IPI to a vCPU whose APIC the
+/// host emulates (handed back, spec §5 CONFIGURE): physical destination
+/// `host_apic_id` in bits 63:32, edge, and either fixed delivery of the
+/// guest's `vector` or NMI delivery (mode 100b in bits 10:8, vector 0)
+/// (x2APIC ICR format, Intel SDM vol. 3A §11.12.9). \[choice\] (the GHCB
+/// text for this is not public) the host tells the two uses of the #HV IPI
+/// apart by vector: the notification vector (GHCB 0x8000_001B) is a kick
+/// for the target's VMPL0; any other vector, or NMI delivery, is for the
+/// guest APIC the host emulates after disable-AI (GHCB 0x8000_001C). A
+/// guest IPI that uses the notification vector itself is therefore
+/// ambiguous to the host; the engine forwards it all the same.
+pub fn forward_icr(host_apic_id: u32, vector: u8, nmi: bool) -> u64 {
+    let low = if nmi { 0b100 << 8 } else { u64::from(vector) };
+    (u64::from(host_apic_id) << 32) | low
+}
+
 /// The platform services one vCPU's engine uses. `&self` everywhere: one
 /// implementation object may serve every vCPU (it knows the current CPU).
 pub trait Platform {
     /// #HV IPI (GHCB 0x8000_0015): asks the host to send `icr` (x2APIC
-    /// format); the engine uses it to kick another vCPU's VMPL0.
+    /// format); the engine uses it to kick another vCPU's VMPL0
+    /// ([`notification_icr`]) and to forward a guest IPI to a vCPU whose
+    /// APIC the host emulates ([`forward_icr`]).
     fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError>;
 
     /// Specific EOI (GHCB 0x8000_001D) of host-presented level vector

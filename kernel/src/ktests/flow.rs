@@ -139,9 +139,79 @@ ktest::suite! {
         f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
         f.before_run(0).unwrap();
         let vmsa = f.vmsa(0).unwrap();
+        // Not injected; queued behind V_TPR, which hardware compares.
+        assert!(!vmsa.event_inj().valid());
+        assert_eq!(vmsa.vintr_ctrl().v_tpr(), 4);
+        assert_eq!(vmsa.vintr_ctrl().v_intr_prio(), 4);
+        let d = hw_run(vmsa, GuestRun::NORMAL);
+        assert_eq!(d.virq, None);
+        f.after_exit(0).unwrap();
+        let e = f.engine(0).unwrap();
+        assert!(e.apic().irr().contains(0x41) && e.apic().isr().is_empty());
+    }
+
+    fn vector_blocked_only_by_tpr_is_queued_in_v_irq_for_when_cr8_drops() {
+        let mut f = one_vcpu();
+        f.write_msr(0, 0x808, 0x50).unwrap();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
+        let ctrl = vmsa.vintr_ctrl();
+        assert!(ctrl.v_irq() && ctrl.vgif() && !ctrl.v_ign_tpr());
+        assert_eq!(ctrl.v_intr_vector(), 0x41);
+        assert_eq!(ctrl.v_intr_prio(), 4);
+        assert_eq!(ctrl.v_tpr(), 5);
+        // The guest lowers CR8 to 3 (no exit): hardware takes the vector.
+        vmsa.set_vintr_ctrl(ctrl.with_v_tpr(3));
+        let d = hw_run(vmsa, GuestRun::NORMAL);
+        assert_eq!(d.virq, Some(0x41));
+        f.after_exit(0).unwrap();
+        let e = f.engine(0).unwrap();
+        assert!(e.apic().isr().contains(0x41) && e.apic().irr().is_empty());
+        assert_eq!(e.apic().tpr(), 0x30);
+        assert_eq!(e.counters().virq_behind_tpr, 1);
+        assert_eq!(e.counters().virq_acknowledged, 1);
+    }
+
+    fn vector_queued_behind_tpr_and_not_taken_stays_pending() {
+        let mut f = one_vcpu();
+        f.write_msr(0, 0x808, 0x50).unwrap();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        for _ in 0..3 {
+            let d = f.cycle(0, GuestRun::NORMAL).unwrap();
+            assert_eq!(d.virq, None);
+            let e = f.engine(0).unwrap();
+            assert!(e.apic().irr().contains(0x41) && e.apic().isr().is_empty());
+        }
+        assert_eq!(f.engine(0).unwrap().counters().recalled, 3);
+        // Once TPR drops through the protocol, it goes out through EVENTINJ.
+        f.write_msr(0, 0x808, 0).unwrap();
+        let d = f.cycle(0, GuestRun::NORMAL).unwrap();
+        assert!(is_intr(d.event, 0x41));
+    }
+
+    fn vector_blocked_by_an_in_service_class_is_not_queued() {
+        let mut f = one_vcpu();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x81).unwrap();
+        f.cycle(0, GuestRun::NORMAL).unwrap();
+        // 0x81 in service: 0x41 (class 4 <= 8) must wait for its EOI, even
+        // with CR8 at 0, so it is not queued where hardware would take it.
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
         assert!(!vmsa.event_inj().valid());
         assert!(!vmsa.vintr_ctrl().v_irq());
-        assert_eq!(vmsa.vintr_ctrl().v_tpr(), 4);
+        // Above the in-service class but not above TPR: queued.
+        hw_run(vmsa, GuestRun::NORMAL);
+        f.after_exit(0).unwrap();
+        f.write_msr(0, 0x808, 0xA0).unwrap();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x91).unwrap();
+        f.before_run(0).unwrap();
+        let ctrl = f.vmsa(0).unwrap().vintr_ctrl();
+        assert!(ctrl.v_irq());
+        assert_eq!(ctrl.v_intr_vector(), 0x91);
+        assert_eq!(ctrl.v_intr_prio(), 9);
+        assert_eq!(ctrl.v_tpr(), 0xA);
     }
 
     fn guest_cr8_write_in_v_tpr_updates_the_apic_tpr() {

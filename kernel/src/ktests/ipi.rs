@@ -1,11 +1,68 @@
 //! Cross-vCPU delivery: posting, kicks, broadcast, late APs, refusals.
 
-use vmsa::{EventInj, VmsaAccess};
+use core::sync::atomic::Ordering;
+
+use vmsa::{EventInj, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 use super::{four_vcpus, icr_fixed};
-use crate::platform::{DEFAULT_NOTIFICATION_VECTOR, notification_icr};
-use crate::protocol::{ApicCall, ResultCode};
-use crate::testing::{Fixture, GuestRun, hw_run, is_intr};
+use crate::engine::{Env, VcpuEngine};
+use crate::fabric::{Fabric, VcpuShared};
+use crate::platform::{
+    DEFAULT_NOTIFICATION_VECTOR, DisableAiRequest, DoorbellRequest, NoTimer, Platform,
+    PlatformError, forward_icr, notification_icr,
+};
+use crate::protocol::{ApicCall, ResultCode, configure};
+use crate::testing::{Fixture, GuestRun, MockPlatform, hw_run, is_intr};
+
+/// A mock platform whose disable-AI call first posts `vector` into `slot`'s
+/// mailbox: a sender on another CPU racing with the hand-back, after its
+/// first drain and before the mailbox is closed.
+struct RacingPlatform<'a> {
+    mock: MockPlatform,
+    slot: &'a VcpuShared,
+    vector: u8,
+}
+
+impl Platform for RacingPlatform<'_> {
+    fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError> {
+        self.mock.hv_ipi(icr)
+    }
+    fn specific_eoi(&self, vmpl: u8, vector: u8) -> Result<(), PlatformError> {
+        self.mock.specific_eoi(vmpl, vector)
+    }
+    fn disable_alternate_injection(&self, request: DisableAiRequest) -> Result<(), PlatformError> {
+        let _ = self.slot.mailbox().post(self.vector);
+        let _ = self.slot.mailbox().post_nmi();
+        self.mock.disable_alternate_injection(request)
+    }
+    fn configure_notification_vector(&self, vector: u8) -> Result<(), PlatformError> {
+        self.mock.configure_notification_vector(vector)
+    }
+    fn doorbell_page(&self, request: DoorbellRequest) -> Result<u64, PlatformError> {
+        self.mock.doorbell_page(request)
+    }
+    fn now(&self) -> u64 {
+        self.mock.now()
+    }
+    fn has_timer(&self) -> bool {
+        self.mock.has_timer()
+    }
+    fn arm_timer(&self, deadline: Option<u64>) -> Result<(), NoTimer> {
+        self.mock.arm_timer(deadline)
+    }
+}
+
+/// Four vCPUs with vCPU 1's APIC handed back to the host.
+fn vcpu_1_handed_back() -> Fixture<4> {
+    let mut f = four_vcpus();
+    let r = f
+        .call(1, ApicCall::Configure(configure::DEREGISTER))
+        .unwrap();
+    assert_eq!(r.code, ResultCode::Success);
+    assert!(f.shared[1].handed_back());
+    f.platform.hv_ipis.clear();
+    f
+}
 
 const ICR: u64 = 0x830;
 
@@ -156,5 +213,119 @@ ktest::suite! {
         f.before_run(1).unwrap();
         assert!(f.engine(1).unwrap().apic().isr().contains(0x61));
         let _ = f.call(1, ApicCall::QueryFeatures);
+    }
+
+    fn ipi_to_a_handed_back_vcpu_is_forwarded_to_the_host() {
+        let mut f = vcpu_1_handed_back();
+        let r = f.write_msr(0, ICR, icr_fixed(1, 0x61)).unwrap();
+        assert_eq!(r.code, ResultCode::Success);
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        assert_eq!(f.platform.hv_ipis.last(), Some(forward_icr(1, 0x61, false)));
+        assert_eq!(f.platform.hv_ipis.last(), Some((1 << 32) | 0x61));
+        assert!(!f.shared[1].mailbox().outstanding());
+        let c = f.engine(0).unwrap().counters();
+        assert_eq!(c.ipis_forwarded, 1);
+        assert_eq!(c.kicks_sent, 0);
+        // An NMI IPI goes to the host as an NMI.
+        f.write_msr(0, ICR, (1u64 << 32) | (0b100 << 8)).unwrap();
+        assert_eq!(f.platform.hv_ipis.last(), Some((1u64 << 32) | (0b100 << 8)));
+        assert_eq!(f.engine(0).unwrap().counters().ipis_forwarded, 2);
+    }
+
+    fn broadcast_reaches_a_handed_back_vcpu_through_the_host() {
+        let mut f = vcpu_1_handed_back();
+        f.write_msr(0, ICR, (3 << 18) | 0x70).unwrap();
+        // vCPUs 2 and 3 kicked, vCPU 1 forwarded.
+        assert_eq!(f.platform.hv_ipis.count(), 3);
+        assert!(f.platform.hv_ipis.contains(forward_icr(1, 0x70, false)));
+        assert!(f.platform.hv_ipis.contains(notification_icr(2, DEFAULT_NOTIFICATION_VECTOR)));
+        assert!(f.platform.hv_ipis.contains(notification_icr(3, DEFAULT_NOTIFICATION_VECTOR)));
+        assert_eq!(f.engine(0).unwrap().counters().ipis_forwarded, 1);
+    }
+
+    fn post_racing_with_the_hand_back_reaches_the_host() {
+        let shared = [const { VcpuShared::new() }; 2];
+        let fabric = Fabric::new(&shared);
+        let platform = RacingPlatform { mock: MockPlatform::new(), slot: &shared[0], vector: 0x66 };
+        let doorbell = doorbell::DoorbellPage::new();
+        let env = Env { platform: &platform, fabric, doorbell: &doorbell, caa_no_eoi: None };
+        let mut vmsa = VmsaPage::new();
+        vmsa.set_rflags(RFLAGS_IF);
+        let mut engine = VcpuEngine::new(Fixture::<2>::config(0), fabric).unwrap();
+        engine.write_register(&env, 0x1B, 0xFEE0_0000 | (3 << 10) | (1 << 8)).unwrap();
+        engine.write_register(&env, 0x80F, 0x1FF).unwrap();
+        let r = engine.handle_apic_call(&env, &mut vmsa, ApicCall::Configure(configure::DEREGISTER));
+        assert_eq!(r.code, ResultCode::Success);
+        // The post that landed after the final drain, before the close, was
+        // forwarded by the owner; nothing is left in the closed mailbox.
+        assert!(platform.mock.hv_ipis.contains(forward_icr(0, 0x66, false)));
+        assert!(platform.mock.hv_ipis.contains(forward_icr(0, 0, true)));
+        assert_eq!(engine.counters().ipis_forwarded, 2);
+        assert!(shared[0].handed_back());
+        assert!(!shared[0].mailbox().outstanding());
+        assert!(shared[0].mailbox().drain().is_empty());
+    }
+
+    fn failed_kick_is_retried_by_the_next_post() {
+        let mut f = four_vcpus();
+        f.platform.fail_hv_ipi.store(true, Ordering::Release);
+        f.write_msr(0, ICR, icr_fixed(1, 0x61)).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 0);
+        assert!(f.shared[1].kick_failed());
+        assert!(f.shared[1].mailbox().outstanding());
+        f.platform.fail_hv_ipi.store(false, Ordering::Release);
+        // ON is still set, so this post alone would not kick: the mark does.
+        f.write_msr(2, ICR, icr_fixed(1, 0x62)).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        assert_eq!(f.platform.hv_ipis.last(), Some(notification_icr(1, DEFAULT_NOTIFICATION_VECTOR)));
+        assert!(!f.shared[1].kick_failed());
+        let c = f.engine(2).unwrap().counters();
+        assert_eq!((c.kick_retries, c.kicks_sent, c.kicks_suppressed), (1, 1, 0));
+        // Further posts ride on that kick.
+        f.write_msr(2, ICR, icr_fixed(1, 0x63)).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        f.before_run(1).unwrap();
+        let e = f.engine(1).unwrap();
+        assert!(e.apic().isr().contains(0x63));
+        assert!(e.apic().irr().contains(0x61) && e.apic().irr().contains(0x62));
+    }
+
+    fn failed_kick_is_retried_at_the_senders_next_run() {
+        let mut f = four_vcpus();
+        f.platform.fail_hv_ipi.store(true, Ordering::Release);
+        f.write_msr(0, ICR, icr_fixed(1, 0x61)).unwrap();
+        f.before_run(0).unwrap();
+        // Still failing: marked again, retried again later.
+        assert!(f.shared[1].kick_failed());
+        assert_eq!(f.engine(0).unwrap().counters().platform_errors, 2);
+        hw_run(f.vmsa(0).unwrap(), GuestRun::NORMAL);
+        f.after_exit(0).unwrap();
+        f.platform.fail_hv_ipi.store(false, Ordering::Release);
+        f.before_run(0).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        assert_eq!(f.platform.hv_ipis.last(), Some(notification_icr(1, DEFAULT_NOTIFICATION_VECTOR)));
+        assert!(!f.shared[1].kick_failed());
+        assert_eq!(f.engine(0).unwrap().counters().kick_retries, 2);
+        // Nothing left to retry: the next run sends nothing.
+        hw_run(f.vmsa(0).unwrap(), GuestRun::NORMAL);
+        f.after_exit(0).unwrap();
+        f.before_run(0).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+    }
+
+    fn target_drain_cancels_the_retry_of_a_failed_kick() {
+        let mut f = four_vcpus();
+        f.platform.fail_hv_ipi.store(true, Ordering::Release);
+        f.write_msr(0, ICR, icr_fixed(1, 0x61)).unwrap();
+        f.platform.fail_hv_ipi.store(false, Ordering::Release);
+        // vCPU 1 exits for another reason and drains its mailbox.
+        let d = f.cycle(1, GuestRun::NORMAL).unwrap();
+        assert!(is_intr(d.event, 0x61));
+        assert!(!f.shared[1].kick_failed());
+        f.before_run(0).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 0);
+        // And the next post into the empty mailbox kicks normally.
+        f.write_msr(0, ICR, icr_fixed(1, 0x62)).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 1);
     }
 }

@@ -18,6 +18,7 @@ pub mod ipi;
 pub mod nmi;
 pub mod parts;
 pub mod protocol;
+pub mod reinject;
 
 /// Every test of the crate.
 pub const ALL: &[&[ktest::Test]] = &[
@@ -26,6 +27,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     nmi::TESTS,
     ipi::TESTS,
     protocol::TESTS,
+    reinject::TESTS,
 ];
 
 use crate::testing::Fixture;

@@ -4,7 +4,7 @@
 use apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
 
 use crate::fabric::{Fabric, VcpuShared, pack_address, unpack_address, x2apic_ldr};
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Post};
 use crate::nmi::{NmiExit, NmiState, NmiVia};
 use crate::platform::{
     DisableAiRequest, DoorbellRequest, Platform, notification_icr, specific_eoi_info,
@@ -13,17 +13,47 @@ use crate::protocol::{ApicCall, CallRegs, ResultCode, configure};
 use crate::registration::{ConfigureStep, Registration};
 
 ktest::suite! {
+    fn mailbox_close_takes_what_is_left_and_later_posts_go_back_to_the_sender() {
+        let mb = Mailbox::new();
+        assert_eq!(mb.post(0x40), Post::Kick);
+        assert_eq!(mb.post(0xF0), Post::Covered);
+        mb.post_nmi();
+        let d = mb.close();
+        assert!(d.contains(0x40) && d.contains(0xF0) && d.nmi);
+        assert!(mb.closed());
+        for v in [0x40u8, 0x41, 0xF0, 0xF1] {
+            assert_eq!(mb.post(v), Post::Closed, "vector {v:#x}");
+        }
+        assert_eq!(mb.post_nmi(), Post::Closed);
+        // Illegal vectors are never posted, closed or not.
+        assert_eq!(mb.post(5), Post::Covered);
+        assert!(mb.drain().is_empty());
+        assert!(mb.close().is_empty());
+    }
+
+    fn mailbox_reset_reopens_a_closed_mailbox_empty() {
+        let mb = Mailbox::new();
+        mb.close();
+        assert_eq!(mb.post(0xF0), Post::Closed);
+        mb.reset();
+        assert!(!mb.closed() && !mb.outstanding());
+        assert_eq!(mb.post(0x41), Post::Kick);
+        let d = mb.drain();
+        assert_eq!(d.iter().count(), 1);
+        assert!(d.contains(0x41));
+    }
+
     fn mailbox_first_post_into_an_empty_mailbox_asks_for_a_kick() {
         let mb = Mailbox::new();
-        assert!(mb.post(0x40));
+        assert!(mb.post(0x40).kick());
         assert!(mb.outstanding());
     }
 
     fn mailbox_posts_before_a_drain_need_no_further_kick() {
         let mb = Mailbox::new();
-        assert!(mb.post(0x40));
-        assert!(!mb.post(0x41));
-        assert!(!mb.post_nmi());
+        assert!(mb.post(0x40).kick());
+        assert!(!mb.post(0x41).kick());
+        assert!(!mb.post_nmi().kick());
     }
 
     fn mailbox_drain_takes_every_vector_and_rearms_the_kick() {
@@ -40,13 +70,13 @@ ktest::suite! {
         assert!(d.nmi);
         assert!(!mb.outstanding());
         assert!(mb.drain().is_empty());
-        assert!(mb.post(0x50));
+        assert!(mb.post(0x50).kick());
     }
 
     fn mailbox_carries_every_legal_vector_and_no_illegal_one() {
         let mb = Mailbox::new();
         for v in 0..16u8 {
-            assert!(!mb.post(v));
+            assert!(!mb.post(v).kick());
         }
         assert!(!mb.outstanding());
         for v in 16..=255u8 {
@@ -64,13 +94,13 @@ ktest::suite! {
 
     fn mailbox_repeated_vector_coalesces_without_a_kick() {
         let mb = Mailbox::new();
-        assert!(mb.post(0x40));
-        assert!(!mb.post(0x40));
-        assert!(!mb.post(0xFD));
-        assert!(!mb.post(0xFD));
+        assert!(mb.post(0x40).kick());
+        assert!(!mb.post(0x40).kick());
+        assert!(!mb.post(0xFD).kick());
+        assert!(!mb.post(0xFD).kick());
         let d = mb.drain();
         assert_eq!(d.iter().count(), 2);
-        assert!(mb.post(0xFD));
+        assert!(mb.post(0xFD).kick());
     }
 
     fn mailbox_nmis_collapse_into_one() {

@@ -116,7 +116,6 @@ fn hostile_hv_gets_architected_answers_without_violations() {
 }
 
 #[test]
-#[ignore = "engine defect: a forged EXITINTINFO INTR with a vector below 31 is re-injected"]
 fn hostile_hv_forged_low_intr_in_exit_int_info_is_never_injected() {
     for seed in SEEDS {
         clean(Scenario::HostileHv, 4, seed, false);
