@@ -29,7 +29,8 @@ SOAK_SCENARIOS := idle-timer ipi-storm device-level boot hostile-hv hostile-gues
 soak:
 	$(CARGO) build --release -p sim
 	for s in $(SOAK_SCENARIOS); do \
-	  $(CARGO) run --release -q -p sim -- --scenario $$s --vcpus 64 --seed 1 --steps 1000000 | tail -n 3 || exit 1; \
+	  $(CARGO) run --release -q -p sim -- --scenario $$s --vcpus 64 --seed 1 --steps 1000000 \
+	    | grep -E "^  (scenario|wall time|world switches|INVARIANT)" || exit 1; \
 	done
 
 # The in-kernel tests: the crates' unit tests and the #HV tests, booted under QEMU.

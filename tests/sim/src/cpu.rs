@@ -159,6 +159,7 @@ impl Sim {
             }
             self.process_effects();
             self.complete_call(i, res);
+            self.forwarded.clear();
         }
         if self.vcpus.get(i).is_some_and(|v| v.hv_signalled) {
             if let Some(v) = self.vcpus.get_mut(i) {
@@ -1012,7 +1013,9 @@ impl Sim {
     }
 
     /// Credits the ledger of every vCPU an accepted IPI reaches (the
-    /// architecture's answer: present, enabled, still emulated by the SVSM).
+    /// architecture's answer: present and enabled). A vCPU whose APIC was
+    /// handed back is credited too: the engine must forward the IPI to the
+    /// host, which delivers it (`host_forwarded_ipi`).
     pub(crate) fn credit_ipi(&mut self, from: usize, dest: Dest, vector: u8, nmi: bool) {
         let n = self.n();
         let now = self.now;
@@ -1032,17 +1035,32 @@ impl Sim {
             if !v.created || v.stopped {
                 continue;
             }
-            if v.handed_back {
-                self.stats.ipis_to_handed_back = self.stats.ipis_to_handed_back.saturating_add(1);
+            let handed_back = v.handed_back;
+            let credit = nmi || (v.guest.accepts_fixed() && vector >= 16);
+            if !credit {
                 continue;
             }
-            let Some(ledger) = self.ledgers.get_mut(j) else {
-                continue;
-            };
-            if nmi {
-                ledger.request_nmi(now);
-            } else if v.guest.accepts_fixed() && vector >= 16 {
-                ledger.request(vector, now);
+            if let Some(l) = self.ledgers.get_mut(j) {
+                if nmi {
+                    l.request_nmi(now);
+                } else {
+                    l.request(vector, now);
+                }
+            }
+            if handed_back {
+                self.stats.ipis_to_handed_back = self.stats.ipis_to_handed_back.saturating_add(1);
+                // The engine forwarded it to the host during this call
+                // (its post found the mailbox closed).
+                let want = (j, if nmi { 0 } else { vector }, nmi);
+                match self.forwarded.iter().position(|f| *f == want) {
+                    Some(k) => {
+                        self.forwarded.swap_remove(k);
+                    }
+                    None => self.violation(
+                        from,
+                        format!("IPI to handed-back vCPU {j} not forwarded to the host"),
+                    ),
+                }
             }
         }
     }

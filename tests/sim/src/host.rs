@@ -2,7 +2,8 @@
 //!
 //! Per vCPU a #HV doorbell page it posts into with the `doorbell` crate's
 //! host API (single vectors, several vectors, level vectors, NMI, #MC),
-//! signalling #HV only while NoFurtherSignal allows; the #HV IPI (kicks),
+//! signalling #HV only while NoFurtherSignal allows; the #HV IPI (kicks,
+//! and guest IPIs the engine forwards to handed-back vCPUs),
 //! the specific EOI and disable-AI calls; an IOAPIC-like level source that
 //! re-asserts until its EOI; edge devices; the timer; after a hand-back it
 //! emulates the vCPU's APIC itself with the `apic` crate and injects like
@@ -433,6 +434,7 @@ impl Sim {
     /// One GHCB call of an engine, as the hypervisor answers it.
     pub(crate) fn apply_effect(&mut self, effect: Effect) {
         match effect {
+            Effect::Kick { from, icr } if is_forward(icr) => self.host_forwarded_ipi(from, icr),
             Effect::Kick { from, icr } => {
                 self.stats.kicks_seen = self.stats.kicks_seen.saturating_add(1);
                 let target = (icr >> 32) as usize;
@@ -469,6 +471,50 @@ impl Sim {
             }
             Effect::DisableAi { from, request } => self.host_takeover(from, request),
         }
+    }
+
+    /// A guest IPI the engine forwarded (#HV IPI, GHCB 0x8000_0015, with
+    /// the guest's vector or NMI delivery) to a vCPU whose APIC the host
+    /// emulates: into that APIC, like any IPI KVM routes. The sender's
+    /// ledger credit is made when its IPI call succeeds (`credit_ipi`,
+    /// which also checks that the forward arrived), so a forward that is
+    /// never delivered is lost.
+    fn host_forwarded_ipi(&mut self, from: usize, icr: u64) {
+        self.stats.ipis_forwarded_seen = self.stats.ipis_forwarded_seen.saturating_add(1);
+        let target = (icr >> 32) as usize;
+        let nmi = (icr >> 8) & 0b111 == 0b100;
+        let vector = icr as u8;
+        self.forwarded.push((target, vector, nmi));
+        let live = self
+            .vcpus
+            .get(target)
+            .is_some_and(|v| v.created && !v.stopped);
+        if !live {
+            return;
+        }
+        if !self.vcpus.get(target).is_some_and(|v| v.handed_back) {
+            self.violation(
+                from,
+                format!("IPI forwarded to vCPU {target}, whose APIC the host does not emulate"),
+            );
+            return;
+        }
+        if nmi {
+            if let Some(v) = self.vcpus.get_mut(target) {
+                v.host_nmi = true;
+            }
+        } else if let Some(a) = self
+            .vcpus
+            .get_mut(target)
+            .and_then(|v| v.host_apic.as_mut())
+        {
+            let _ = a.request(vector, Trigger::Edge);
+        }
+        let now = self.now;
+        if let Some(t) = self.trace.as_mut() {
+            t.instant(target, now, "forwarded IPI", &format!("from vCPU {from}"));
+        }
+        self.wake(target);
     }
 
     /// Disable-AI: the host takes vCPU `j`'s APIC from the descriptor the
@@ -574,6 +620,19 @@ impl Sim {
             } else if !vmsa.vintr_ctrl().v_irq() && rules::queue_v_irq(vmsa, vector).is_ok() {
                 v.kvm_virq = Some(vector);
             }
+        } else if let Some(vector) = host_apic.irr().highest() {
+            // Blocked only by TPR: queued in V_IRQ with V_INTR_PRIO = its
+            // class, so the hardware's V_TPR comparison delivers it when the
+            // guest lowers CR8 (AMD APM vol. 2 §15.21.4). Real KVM gets the
+            // same effect from its CR8-write intercept; without either the
+            // vector would wait for an unrelated exit.
+            let in_service = host_apic.isr().highest().unwrap_or(0);
+            if vector & 0xF0 > in_service & 0xF0
+                && !vmsa.vintr_ctrl().v_irq()
+                && rules::queue_v_irq(vmsa, vector).is_ok()
+            {
+                v.kvm_virq = Some(vector);
+            }
         }
     }
 
@@ -673,4 +732,12 @@ impl Sim {
             self.notify_any(j);
         }
     }
+}
+
+/// Whether an #HV IPI's ICR forwards a guest IPI (any vector but the
+/// notification vector, or NMI delivery) rather than kicking the target's
+/// VMPL0: the host tells them apart by vector (`kernel::platform::forward_icr`).
+fn is_forward(icr: u64) -> bool {
+    let nmi = (icr >> 8) & 0b111 == 0b100;
+    nmi || icr as u8 != kernel::platform::DEFAULT_NOTIFICATION_VECTOR
 }

@@ -72,6 +72,8 @@ pub struct Stats {
     pub xapic_ipis: u64,
     pub registration_calls: u64,
     pub ipis_to_handed_back: u64,
+    /// #HV IPIs that forwarded a guest IPI, as the host received them.
+    pub ipis_forwarded_seen: u64,
     // Hostile host.
     pub hostile_acts: u64,
     pub hostile_busy: u64,
@@ -107,6 +109,8 @@ impl Stats {
         add(&mut e.lazy_eois, c.lazy_eois);
         add(&mut e.kicks_sent, c.kicks_sent);
         add(&mut e.kicks_suppressed, c.kicks_suppressed);
+        add(&mut e.kick_retries, c.kick_retries);
+        add(&mut e.ipis_forwarded, c.ipis_forwarded);
         add(&mut e.host_vectors_rejected, c.host_vectors_rejected);
         add(&mut e.host_vectors_accepted, c.host_vectors_accepted);
         add(&mut e.host_level_eois, c.host_level_eois);
@@ -280,8 +284,15 @@ impl Stats {
             format!("{} / {}", self.host_entries, self.host_exits),
         );
         row(
-            "IPIs to handed-back vCPUs (not routed)",
+            "guest IPIs to handed-back vCPUs",
             self.ipis_to_handed_back.to_string(),
+        );
+        row(
+            "IPIs forwarded to the host (engine / host saw)",
+            format!(
+                "{} / {}",
+                self.engine.ipis_forwarded, self.ipis_forwarded_seen
+            ),
         );
         row("rejected inputs", self.rejected_inputs().to_string());
         row(

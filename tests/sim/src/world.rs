@@ -235,6 +235,10 @@ pub struct Sim {
     pub trace: Option<Trace>,
     /// Reused buffer for the engine's GHCB calls.
     pub effect_buf: Vec<crate::platform::Effect>,
+    /// Guest IPIs the engine forwarded to the host since the last SVSM
+    /// call completed, as (target, vector, NMI): each IPI the guest sent to
+    /// a handed-back vCPU must be among them (`credit_ipi`).
+    pub forwarded: Vec<(usize, u8, bool)>,
 }
 
 impl Sim {
@@ -346,6 +350,7 @@ impl Sim {
             stats: Stats::default(),
             trace,
             effect_buf: Vec::with_capacity(256),
+            forwarded: Vec::new(),
         }
     }
 
