@@ -126,15 +126,7 @@ impl Sim {
         let (target, vector) = (line.target, line.vector);
         let handed_back = self.vcpus.get(target).is_some_and(|v| v.handed_back);
         let posted = if handed_back {
-            let outcome = self
-                .vcpus
-                .get_mut(target)
-                .and_then(|v| v.host_apic.as_mut())
-                .map(|a| a.request(vector, Trigger::Level));
-            matches!(
-                outcome,
-                Some(RequestOutcome::Accepted | RequestOutcome::Coalesced)
-            )
+            self.host_apic_request(target, vector, Trigger::Level)
         } else {
             self.m
                 .doorbells
@@ -233,21 +225,27 @@ impl Sim {
         }
     }
 
+    /// Requests `vector` in the APIC the host emulates for handed-back vCPU
+    /// `j`; true when that APIC took it (accepted or coalesced).
+    fn host_apic_request(&mut self, j: usize, vector: u8, trigger: Trigger) -> bool {
+        let outcome = self
+            .vcpus
+            .get_mut(j)
+            .and_then(|v| v.host_apic.as_mut())
+            .map(|a| a.request(vector, trigger));
+        matches!(
+            outcome,
+            Some(RequestOutcome::Accepted | RequestOutcome::Coalesced)
+        )
+    }
+
     /// The host posts edge `vector` for vCPU `j` (doorbell, or its own APIC
     /// after the hand-back) and credits the ledger when the APIC takes it.
     fn host_post_edge(&mut self, j: usize, vector: u8) {
         let now = self.now;
         let handed_back = self.vcpus.get(j).is_some_and(|v| v.handed_back);
         let accepted = if handed_back {
-            let outcome = self
-                .vcpus
-                .get_mut(j)
-                .and_then(|v| v.host_apic.as_mut())
-                .map(|a| a.request(vector, Trigger::Edge));
-            matches!(
-                outcome,
-                Some(RequestOutcome::Accepted | RequestOutcome::Coalesced)
-            )
+            self.host_apic_request(j, vector, Trigger::Edge)
         } else {
             let posted = self
                 .m
