@@ -8,11 +8,10 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use doorbell::DoorbellPage;
 use kernel::protocol::CallResult;
-use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared};
+use kernel::{Env, Fabric, VcpuEngine, VcpuShared};
 use vmsa::{EFER_SVME, EventInj, EventType, ExitCode, RFLAGS_IF, VIntrCtrl, VmsaAccess, VmsaPage};
 
 use crate::platform::{Effect, SimPlatform};
-use crate::world::GUEST_VMPL;
 
 /// What the hardware and the guest do in one [`Harness::run`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -55,23 +54,6 @@ pub struct Harness {
     pub now: u64,
 }
 
-fn config(i: usize) -> EngineConfig {
-    let id = u32::try_from(i).unwrap_or(u32::MAX);
-    EngineConfig {
-        index: i,
-        host_apic_id: id,
-        apic: apic::ApicConfig {
-            apic_id: id,
-            bsp: i == 0,
-            ticks_per_bus_cycle: 1,
-            directed_eoi: false,
-        },
-        guest_vmpl: GUEST_VMPL,
-        notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
-        emulate: true,
-    }
-}
-
 impl Harness {
     /// `n` vCPUs (1..=8), each in x2APIC mode, software-enabled, every host
     /// vector allowed.
@@ -81,7 +63,8 @@ impl Harness {
         let mut engines = Vec::with_capacity(n);
         for i in 0..n {
             engines.push(
-                VcpuEngine::new(config(i), Fabric::new(&shared)).map_err(|e| format!("{e:?}"))?,
+                VcpuEngine::new(crate::world::engine_config(i), Fabric::new(&shared))
+                    .map_err(|e| format!("{e:?}"))?,
             );
         }
         let vmsas = (0..n)

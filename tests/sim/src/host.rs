@@ -556,7 +556,7 @@ impl Sim {
                 tmr.insert(line.vector);
             }
         }
-        let config = self.engine_config(j).apic;
+        let config = crate::world::engine_config(j).apic;
         let mut state = LocalApic::new(config).save();
         state.apic_base = apic::APIC_DEFAULT_BASE
             | apic::APIC_BASE_EN

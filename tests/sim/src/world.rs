@@ -35,6 +35,25 @@ pub const NEVER: u64 = u64::MAX;
 /// Ticks from a host event to the VMPL0 entry it causes.
 pub const EXIT_LATENCY: u64 = 400;
 
+/// The engine configuration of vCPU `i` (APIC ID = host APIC ID = i); the
+/// fuzz harness uses it too.
+pub fn engine_config(i: usize) -> EngineConfig {
+    let id = u32::try_from(i).unwrap_or(u32::MAX);
+    EngineConfig {
+        index: i,
+        host_apic_id: id,
+        apic: apic::ApicConfig {
+            apic_id: id,
+            bsp: i == 0,
+            ticks_per_bus_cycle: 1,
+            directed_eoi: false,
+        },
+        guest_vmpl: GUEST_VMPL,
+        notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
+        emulate: true,
+    }
+}
+
 /// How one simulation is set up.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -359,24 +378,6 @@ impl Sim {
         self.vcpus.len()
     }
 
-    /// The engine configuration of vCPU `i` (APIC ID = host APIC ID = i).
-    pub fn engine_config(&self, i: usize) -> EngineConfig {
-        let id = u32::try_from(i).unwrap_or(u32::MAX);
-        EngineConfig {
-            index: i,
-            host_apic_id: id,
-            apic: apic::ApicConfig {
-                apic_id: id,
-                bsp: i == 0,
-                ticks_per_bus_cycle: 1,
-                directed_eoi: false,
-            },
-            guest_vmpl: GUEST_VMPL,
-            notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
-            emulate: true,
-        }
-    }
-
     /// Records an invariant violation.
     pub fn violation(&mut self, vcpu: usize, what: impl Into<String>) {
         let what = what.into();
@@ -483,7 +484,7 @@ impl Sim {
 
     /// Creates vCPU `i`'s engine (its VMSA is made) and starts it.
     fn create_vcpu(&mut self, i: usize) {
-        let config = self.engine_config(i);
+        let config = engine_config(i);
         let created = match VcpuEngine::new(config, Fabric::new(self.m.shared.as_slice())) {
             Ok(engine) => {
                 if let Some(slot) = self.m.engines.get_mut(i) {
