@@ -8,7 +8,7 @@ NO_STD_TARGET := x86_64-unknown-none
 LIB_CRATES := -p vmsa -p doorbell -p apic -p kernel
 NIGHTLY ?= nightly
 
-.PHONY: all build test image-test soak lint fmt doc bench miri run sim fuzz loom clean
+.PHONY: all build test image-test soak lint fmt doc bench miri run sim fuzz loom msrv package clean
 
 all: build test
 
@@ -40,10 +40,22 @@ image-test:
 
 # Model checks of the lock-free doorbell and mailbox code (spec §3).
 loom:
-	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-	  $(CARGO) test --release -p doorbell --test loom
-	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-	  $(CARGO) test --release -p kernel --test loom
+	CARGO_TARGET_DIR=target/loom \
+	  $(CARGO) test --release -p doorbell --features loom --test loom
+	CARGO_TARGET_DIR=target/loom \
+	  $(CARGO) test --release -p kernel --features loom --test loom
+
+# The library crates on the declared minimum Rust version (workspace
+# rust-version), for x86_64-unknown-none as an SVSM builds them.
+MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+msrv:
+	rustup toolchain install $(MSRV) --profile minimal --target $(NO_STD_TARGET) >/dev/null
+	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) build --target $(NO_STD_TARGET) $(LIB_CRATES)
+
+# The publishable crates package and build from their packaged sources.
+PUBLISHED := $(LIB_CRATES) -p ktest
+package:
+	CARGO_TARGET_DIR=target/package $(CARGO) package --allow-dirty $(PUBLISHED)
 
 lint:
 	$(CARGO) fmt --all --check

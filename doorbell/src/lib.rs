@@ -14,7 +14,7 @@
 //!   events, [`DoorbellPage::consume`] for a lower VMPL's descriptor.
 //! - [`Descriptor::hand_off`]: give the emulated APIC state back to the host.
 //! - `host` (feature `host`): the hypervisor's posting side, for simulators and tests.
-#![cfg_attr(not(loom), no_std)]
+#![cfg_attr(not(feature = "loom"), no_std)]
 
 mod descriptor;
 mod handoff;
@@ -22,7 +22,7 @@ mod page;
 mod sync;
 mod vmpl0;
 
-#[cfg(any(test, loom, feature = "host"))]
+#[cfg(any(test, feature = "loom", feature = "host"))]
 pub mod host;
 
 #[cfg(any(test, feature = "ktests"))]

@@ -83,7 +83,7 @@ const _: () = assert!(DescriptorStatus::VECTOR_31 == 1 << 31);
 /// `irr`) only when it hands the APIC back ([`Descriptor::hand_off`]).
 #[repr(C)]
 #[cfg_attr(
-    not(loom),
+    not(feature = "loom"),
     derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout)
 )]
 pub struct Descriptor {
@@ -95,7 +95,7 @@ pub struct Descriptor {
     pub isr: [AtomicU32; 8],
 }
 
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 const _: () = {
     assert!(core::mem::offset_of!(Descriptor, status) == 0x00);
     assert!(core::mem::offset_of!(Descriptor, irr) == 0x04);
@@ -109,7 +109,7 @@ const _: () = {
 /// with [`DoorbellPage::from_bytes_mut`].
 #[repr(C, align(4096))]
 #[cfg_attr(
-    not(loom),
+    not(feature = "loom"),
     derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout)
 )]
 pub struct DoorbellPage {
@@ -125,15 +125,15 @@ pub struct DoorbellPage {
     // Reserved bytes are atomics too: the host may write them at any time.
     // Left out under loom, where the layout does not matter and every atomic
     // costs model state.
-    #[cfg(not(loom))]
+    #[cfg(not(feature = "loom"))]
     _reserved_04: [AtomicU8; 0x3C],
     /// 0x40, 0x80, 0xC0: descriptors of VMPL1, VMPL2 and VMPL3.
     pub descriptors: [Descriptor; 3],
-    #[cfg(not(loom))]
+    #[cfg(not(feature = "loom"))]
     _reserved_100: [AtomicU8; 0xF00],
 }
 
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 const _: () = {
     assert!(core::mem::offset_of!(DoorbellPage, vector) == 0x00);
     assert!(core::mem::offset_of!(DoorbellPage, flags) == 0x01);
@@ -154,7 +154,7 @@ impl Default for DoorbellPage {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 impl Descriptor {
     /// An empty descriptor.
     pub const fn new() -> Self {
@@ -166,7 +166,7 @@ impl Descriptor {
     }
 }
 
-#[cfg(loom)]
+#[cfg(feature = "loom")]
 impl Descriptor {
     /// An empty descriptor.
     pub fn new() -> Self {
@@ -184,7 +184,7 @@ impl Default for Descriptor {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 impl DoorbellPage {
     /// An all-zero page (nothing pending), for tests and simulators.
     pub const fn new() -> Self {
@@ -215,7 +215,7 @@ impl DoorbellPage {
     }
 }
 
-#[cfg(loom)]
+#[cfg(feature = "loom")]
 impl DoorbellPage {
     /// An all-zero page (nothing pending), for the loom models.
     pub fn new() -> Self {

@@ -3,7 +3,7 @@
 //! item must come back exactly once: never lost, never duplicated.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release -p doorbell --test loom`.
-#![cfg(loom)]
+#![cfg(feature = "loom")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

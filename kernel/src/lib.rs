@@ -26,40 +26,40 @@ mod sync;
 
 pub mod mailbox;
 
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod counters;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod engine;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 mod exit_event;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod fabric;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod hv;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod level;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod nmi;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod platform;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod protocol;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub mod registration;
 
-#[cfg(all(not(loom), any(test, feature = "ktests")))]
+#[cfg(all(not(feature = "loom"), any(test, feature = "ktests")))]
 pub mod testing;
 
-#[cfg(all(not(loom), any(test, feature = "ktests")))]
+#[cfg(all(not(feature = "loom"), any(test, feature = "ktests")))]
 pub mod ktests;
 
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub use counters::Counters;
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub use engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub use fabric::{Fabric, VcpuShared};
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub use hv::{HvEvents, handle_hv};
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 pub use platform::{NoTimer, Platform, PlatformError};

@@ -227,7 +227,7 @@ impl Default for Mailbox {
 
 impl Mailbox {
     /// An empty mailbox.
-    #[cfg(not(loom))]
+    #[cfg(not(feature = "loom"))]
     pub const fn new() -> Self {
         Self {
             pir: [
@@ -240,7 +240,7 @@ impl Mailbox {
     }
 
     /// An empty mailbox (loom atomics are not const).
-    #[cfg(loom)]
+    #[cfg(feature = "loom")]
     pub fn new() -> Self {
         Self {
             pir: [

@@ -7,7 +7,7 @@
 //! is ever stranded without a notification. And when the owner closes the
 //! mailbox (hand-back) while posts race with it, every post is handed over
 //! exactly once: taken by the closing drain or forwarded by its sender.
-#![cfg(loom)]
+#![cfg(feature = "loom")]
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
 
 use kernel::mailbox::{Drained, Mailbox, Post};
