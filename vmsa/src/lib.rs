@@ -9,7 +9,8 @@
 //! - [`VmsaAccess`], the field access a VMSA type provides (COCONUT-SVSM's own
 //!   VMSA type can implement it), with an atomic BUSY test-and-set;
 //! - [`VmsaPage`], this project's 4 KiB VMSA page with every offset checked at
-//!   compile time;
+//!   compile time, which can view any mapped VMSA page ([`VmsaPage::view_mut`]);
+//! - [`busy`], BUSY test-and-set and clear over an `&AtomicU64`;
 //! - [`rules`], the entry/exit rules of spec §2 as functions generic over
 //!   [`VmsaAccess`].
 //!
@@ -17,6 +18,7 @@
 #![no_std]
 
 mod access;
+pub mod busy;
 mod event;
 mod exit;
 mod features;

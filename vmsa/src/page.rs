@@ -117,6 +117,25 @@ impl VmsaPage {
     pub fn new() -> Self {
         Self::new_zeroed()
     }
+
+    /// Views a mapped VMSA page (4 KiB, 4 KiB-aligned), such as the page that
+    /// holds an SVSM's own VMSA type, so the engine can use this ready
+    /// [`VmsaAccess`] implementation instead of one written for that type.
+    /// `None` when `page` is not exactly one aligned 4 KiB page.
+    ///
+    /// Every field is an atomic at its spec §2 offset (asserted at compile
+    /// time), so the view reads and writes the same bytes as the SVSM's type;
+    /// the other bytes are never touched.
+    pub fn view_mut(page: &mut [u8]) -> Option<&mut Self> {
+        Self::mut_from_bytes(page).ok()
+    }
+
+    /// The vintr_ctrl field as an atomic, e.g. for
+    /// [`busy::test_and_set_busy`](crate::busy::test_and_set_busy) from code
+    /// that holds only a shared reference (an exit handler on another path).
+    pub fn vintr_ctrl_atomic(&self) -> &AtomicU64 {
+        &self.vintr_ctrl
+    }
 }
 
 impl Default for VmsaPage {
@@ -234,16 +253,12 @@ impl VmsaAccess for VmsaPage {
     /// One atomic `fetch_or`: acquire, so the edits that follow see the
     /// state the exit left (OpenHCL does the same test-and-set).
     fn test_and_set_busy(&mut self) -> bool {
-        self.vintr_ctrl
-            .fetch_or(VIntrCtrl::BUSY_MASK, Ordering::AcqRel)
-            & VIntrCtrl::BUSY_MASK
-            != 0
+        crate::busy::test_and_set_busy(&self.vintr_ctrl)
     }
 
     /// One atomic `fetch_and`: release, so every edit is visible before the
     /// VMSA can run again.
     fn clear_busy(&mut self) {
-        self.vintr_ctrl
-            .fetch_and(!VIntrCtrl::BUSY_MASK, Ordering::Release);
+        crate::busy::clear_busy(&self.vintr_ctrl)
     }
 }

@@ -3,11 +3,12 @@
 pub mod bits;
 pub mod page;
 pub mod rules;
+pub mod view;
 
 use crate::{EventInj, ExitCode, SevFeatures, VIntrCtrl, VmsaAccess};
 
 /// Every test of this crate, for the in-kernel runner.
-pub const ALL: &[&[ktest::Test]] = &[bits::TESTS, page::TESTS, rules::TESTS];
+pub const ALL: &[&[ktest::Test]] = &[bits::TESTS, page::TESTS, rules::TESTS, view::TESTS];
 
 /// A VMSA with plain fields that keeps the default BUSY methods, as a
 /// foreign VMSA type (COCONUT-SVSM's) would.
