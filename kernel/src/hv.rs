@@ -48,11 +48,38 @@ impl HvEvents {
     }
 }
 
+/// VMPL0's own task priority, in the 8-bit APIC TPR format (class in bits
+/// 7:4). A newtype because CR8 holds the class alone (CR8[3:0] = TPR[7:4],
+/// AMD APM vol. 2 §16.6.4 / Intel SDM vol. 3A §11.8.6): passing CR8 where
+/// the TPR is meant would accept vectors the SVSM's priority should block.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Vmpl0Tpr(u8);
+
+impl Vmpl0Tpr {
+    /// Priority 0: every legal vector is accepted.
+    pub const ZERO: Self = Self(0);
+
+    /// From the 8-bit APIC TPR register value.
+    pub const fn from_tpr(tpr: u8) -> Self {
+        Self(tpr)
+    }
+
+    /// From CR8, which holds the priority class in bits 3:0 (higher bits are
+    /// reserved and ignored here).
+    pub const fn from_cr8(cr8: u64) -> Self {
+        Self(((cr8 & 0xF) as u8) << 4)
+    }
+
+    /// The 8-bit TPR value.
+    pub const fn tpr(self) -> u8 {
+        self.0
+    }
+}
+
 /// Handles one #HV entry for the vCPU owning `doorbell` and `shared`.
-/// `vmpl0_tpr` is VMPL0's own task priority (vectors at or below its class
-/// stay pending in the doorbell page).
-pub fn handle_hv(doorbell: &DoorbellPage, shared: &VcpuShared, vmpl0_tpr: u8) -> HvEvents {
-    let taken = doorbell.take_events(vmpl0_tpr);
+/// Vectors at or below `vmpl0_tpr`'s class stay pending in the doorbell page.
+pub fn handle_hv(doorbell: &DoorbellPage, shared: &VcpuShared, vmpl0_tpr: Vmpl0Tpr) -> HvEvents {
+    let taken = doorbell.take_events(vmpl0_tpr.tpr());
     shared.note_hv_events(taken.vmpl_events);
     if taken.mc {
         log::warn!("#HV: machine check pending for VMPL0");

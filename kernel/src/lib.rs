@@ -60,6 +60,6 @@ pub use engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 #[cfg(not(feature = "loom"))]
 pub use fabric::{Fabric, VcpuShared};
 #[cfg(not(feature = "loom"))]
-pub use hv::{HvEvents, handle_hv};
+pub use hv::{HvEvents, Vmpl0Tpr, handle_hv};
 #[cfg(not(feature = "loom"))]
 pub use platform::{NoTimer, Platform, PlatformError};

@@ -9,9 +9,9 @@ use vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess};
 
 use super::{VMPL, one_vcpu};
 use crate::engine::{Fatal, MAX_BUSY_REPAIRS};
-use crate::handle_hv;
 use crate::protocol::ApicCall;
 use crate::testing::{GuestRun, hw_run, is_intr};
+use crate::{Vmpl0Tpr, handle_hv};
 
 const EOI: u64 = 0x80B;
 
@@ -303,7 +303,7 @@ ktest::suite! {
         host.set_vmpl0_vector(0x50).unwrap();
         host.post_vector(VMPL, 0x41).unwrap();
         assert!(host.raise_no_further_signal());
-        let ev = handle_hv(db, &f.shared[0], 0);
+        let ev = handle_hv(db, &f.shared[0], Vmpl0Tpr::ZERO);
         assert_eq!(ev.vmpl0_vector, Some(0x50));
         assert_eq!(ev.vmpl_events, 1 << (VMPL - 1));
         assert_eq!(db.flags.load(Ordering::Acquire) & 0x80, 0);
@@ -312,13 +312,32 @@ ktest::suite! {
         assert!(host.raise_no_further_signal());
     }
 
+    fn vmpl0_tpr_from_cr8_is_the_class_not_the_register() {
+        assert_eq!(Vmpl0Tpr::from_cr8(0x5).tpr(), 0x50);
+        assert_eq!(Vmpl0Tpr::from_cr8(0xF).tpr(), 0xF0);
+        assert_eq!(Vmpl0Tpr::from_tpr(0x5).tpr(), 0x05);
+    }
+
+    fn hv_leaves_a_vmpl0_vector_at_or_below_the_cr8_class_pending() {
+        let f = one_vcpu();
+        let db = f.doorbell(0).unwrap();
+        db.host().set_vmpl0_vector(0x50).unwrap();
+        // CR8 = 5 blocks class 5: the vector stays for the host to see.
+        let ev = handle_hv(db, &f.shared[0], Vmpl0Tpr::from_cr8(5));
+        assert_eq!(ev.vmpl0_vector, None);
+        assert_eq!(db.vector.load(Ordering::Acquire), 0x50);
+        // CR8 = 4 lets it through.
+        let ev = handle_hv(db, &f.shared[0], Vmpl0Tpr::from_cr8(4));
+        assert_eq!(ev.vmpl0_vector, Some(0x50));
+    }
+
     fn hv_is_harmless_when_spurious_or_repeated() {
         let mut f = one_vcpu();
         f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
-        let first = handle_hv(f.doorbell(0).unwrap(), &f.shared[0], 0);
+        let first = handle_hv(f.doorbell(0).unwrap(), &f.shared[0], Vmpl0Tpr::ZERO);
         assert!(!first.is_empty());
         for _ in 0..3 {
-            assert!(handle_hv(f.doorbell(0).unwrap(), &f.shared[0], 0).is_empty());
+            assert!(handle_hv(f.doorbell(0).unwrap(), &f.shared[0], Vmpl0Tpr::ZERO).is_empty());
         }
         // The guest's vector was not taken by the handler: the run gets it.
         f.before_run(0).unwrap();

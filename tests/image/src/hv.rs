@@ -106,7 +106,11 @@ pub fn on_hv() {
 /// The #HV logic proper: the engine's `handle_hv` on this CPU's doorbell page
 /// and shared slot, as the SVSM's handler calls it (docs/integration.md).
 fn hv_handler_body() {
-    let events = kernel::handle_hv(&DOORBELL, &SHARED, VMPL0_TPR.load(Ordering::Relaxed));
+    let events = kernel::handle_hv(
+        &DOORBELL,
+        &SHARED,
+        kernel::Vmpl0Tpr::from_tpr(VMPL0_TPR.load(Ordering::Relaxed)),
+    );
     record(&events);
 }
 
@@ -293,7 +297,7 @@ pub mod guests {
                 // The target's #HV, run here: in the SVSM it runs on the target's
                 // CPU, wherever that CPU is in its run loop.
                 if page.host().raise_no_further_signal() {
-                    let events = kernel::handle_hv(page, slot, 0);
+                    let events = kernel::handle_hv(page, slot, kernel::Vmpl0Tpr::ZERO);
                     if events.vmpl_events != 0 {
                         GUEST_HV_NOTED.fetch_add(1, Ordering::SeqCst);
                     }

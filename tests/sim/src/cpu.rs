@@ -167,7 +167,7 @@ impl Sim {
             }
             self.stats.hv_entries = self.stats.hv_entries.saturating_add(1);
             let events = match (self.m.doorbells.get(i), self.m.shared.get(i)) {
-                (Some(d), Some(s)) => kernel::handle_hv(d, s, 0),
+                (Some(d), Some(s)) => kernel::handle_hv(d, s, kernel::Vmpl0Tpr::ZERO),
                 _ => kernel::HvEvents::default(),
             };
             if events.is_empty() {

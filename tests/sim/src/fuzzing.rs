@@ -191,7 +191,7 @@ impl Harness {
     /// VMPL0's #HV handler on vCPU `i`.
     pub fn hv(&mut self, i: usize) {
         if let (Some(d), Some(s)) = (self.doorbells.get(i), self.shared.get(i)) {
-            let _ = kernel::handle_hv(d, s, 0);
+            let _ = kernel::handle_hv(d, s, kernel::Vmpl0Tpr::ZERO);
         }
     }
 
