@@ -1,8 +1,8 @@
 //! Interrupt command decoding and destination matching (Intel SDM vol. 3A
 //! §11.6.1 ICR, §11.6.2 destinations, §11.12.9-10 x2APIC ICR and logical mode).
 
-use crate::lapic::{ApicMode, Trigger};
 use crate::regs::IcrValue;
+use crate::types::{ApicMode, Trigger};
 
 /// ICR delivery mode (bits 10:8).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -7,17 +7,23 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+mod access;
 mod icr;
 mod lapic;
 mod regs;
+mod state;
+mod timer;
+mod types;
 mod vectors;
 
 pub use icr::{ApicAddress, DeliveryMode, Destination, DestinationFormat, Ipi};
-pub use lapic::{
-    ApicConfig, ApicMode, ApicState, EoiInfo, Lint, LocalApic, LocalEvent, Received, RegisterError,
-    RequestOutcome, Trigger, WriteEffect, x2apic_ldr,
-};
+pub use lapic::{LocalApic, x2apic_ldr};
 pub use regs::*;
+pub use state::ApicState;
+pub use types::{
+    ApicConfig, ApicMode, EoiInfo, Lint, LocalEvent, Received, RegisterError, RequestOutcome,
+    Trigger, WriteEffect,
+};
 pub use vectors::VectorSet;
 
 #[cfg(any(test, feature = "ktests"))]
