@@ -32,7 +32,7 @@ pub(crate) enum Reg {
 
 impl Reg {
     /// The register at xAPIC-style index `offset >> 4` (0x00-0x3F).
-    pub(crate) fn from_index(index: u32, x2apic: bool) -> Option<Self> {
+    pub(crate) fn from_index(index: u32, x2apic: bool, cmci: bool) -> Option<Self> {
         // ISR/TMR/IRR word number.
         let word = (index & 7) as usize;
         Some(match index {
@@ -49,7 +49,7 @@ impl Reg {
             0x18..=0x1F => Reg::Tmr(word),
             0x20..=0x27 => Reg::Irr(word),
             0x28 => Reg::Esr,
-            0x2F => Reg::Lvt(LVT_CMCI),
+            0x2F if cmci => Reg::Lvt(LVT_CMCI),
             0x30 => Reg::Icr,
             0x31 if !x2apic => Reg::IcrHigh,
             0x32 => Reg::Lvt(LVT_TIMER),
@@ -87,8 +87,11 @@ impl LocalApic {
     /// Reads an x2APIC MSR (0x800-0x8FF) in x2APIC mode.
     ///
     /// Also answers IA32_APIC_BASE (any mode) and IA32_TSC_DEADLINE (reads 0
-    /// unless the timer is in TSC-deadline mode).
-    pub fn read_msr(&self, msr: u32, now: u64) -> Result<u64, RegisterError> {
+    /// unless the timer is in TSC-deadline mode). Like every call that takes
+    /// `now`, it first delivers the timer expiries due at `now`, so what it
+    /// reads is consistent (a current count of 0 past a deadline comes with
+    /// the timer vector in IRR).
+    pub fn read_msr(&mut self, msr: u32, now: u64) -> Result<u64, RegisterError> {
         match msr {
             MSR_APIC_BASE => return Ok(self.s.apic_base),
             MSR_TSC_DEADLINE => return Ok(self.tsc_deadline()),
@@ -98,10 +101,11 @@ impl LocalApic {
         if self.mode() != ApicMode::X2Apic {
             return Err(RegisterError::WrongMode);
         }
-        let reg = Reg::from_index(msr & 0xFF, true).ok_or(RegisterError::Unknown)?;
+        let reg = self.msr_reg(msr)?;
+        self.poll_timer(now);
         Ok(match reg {
-            Reg::Id => u64::from(self.s.id),
-            Reg::Ldr => u64::from(x2apic_ldr(self.s.id)),
+            Reg::Id => u64::from(self.id()),
+            Reg::Ldr => u64::from(x2apic_ldr(self.id())),
             Reg::Icr => self.s.icr,
             other => u64::from(self.read_common(other, now)?),
         })
@@ -118,14 +122,14 @@ impl LocalApic {
     ) -> Result<WriteEffect, RegisterError> {
         match msr {
             MSR_APIC_BASE => return self.set_apic_base(value),
-            MSR_TSC_DEADLINE => return Ok(self.set_tsc_deadline(value)),
+            MSR_TSC_DEADLINE => return Ok(self.set_tsc_deadline(value, now)),
             X2APIC_MSR_BASE..=X2APIC_MSR_LAST => {}
             _ => return Err(RegisterError::Unknown),
         }
         if self.mode() != ApicMode::X2Apic {
             return Err(RegisterError::WrongMode);
         }
-        let reg = Reg::from_index(msr & 0xFF, true).ok_or(RegisterError::Unknown)?;
+        let reg = self.msr_reg(msr)?;
         if reg.read_only(true) {
             return Err(RegisterError::WrongDirection);
         }
@@ -145,22 +149,24 @@ impl LocalApic {
             Reg::Tpr | Reg::SelfIpi if value > 0xFF => Err(RegisterError::InvalidValue),
             Reg::Eoi | Reg::Esr if value != 0 => Err(RegisterError::InvalidValue),
             Reg::SelfIpi => {
-                // Intel SDM vol. 3A §11.12.11: a self IPI is edge-triggered fixed.
-                self.request(value as u8, Trigger::Edge);
+                // value <= 0xFF here.
+                self.self_ipi(value as u8);
                 Ok(WriteEffect::None)
             }
             other => Ok(self.write_common(other, value, now)),
         }
     }
 
-    /// Reads a 32-bit xAPIC register at MMIO `offset` in xAPIC mode.
-    pub fn read_mmio(&self, offset: u32, now: u64) -> Result<u32, RegisterError> {
-        let reg = mmio_reg(offset)?;
+    /// Reads a 32-bit xAPIC register at MMIO `offset` in xAPIC mode (first
+    /// delivering the timer expiries due at `now`, as [`LocalApic::read_msr`]).
+    pub fn read_mmio(&mut self, offset: u32, now: u64) -> Result<u32, RegisterError> {
+        let reg = self.mmio_reg(offset)?;
         if self.mode() != ApicMode::XApic {
             return Err(RegisterError::WrongMode);
         }
+        self.poll_timer(now);
         match reg {
-            Reg::Id => Ok((self.s.id & 0xFF) << 24),
+            Reg::Id => Ok((self.id() & 0xFF) << 24),
             Reg::Ldr => Ok(self.s.ldr),
             Reg::Dfr => Ok(self.s.dfr),
             // Arbitration priority is not modelled (no bus arbitration): 0,
@@ -175,22 +181,25 @@ impl LocalApic {
     /// Writes a 32-bit xAPIC register at MMIO `offset` in xAPIC mode
     /// (writing ICR low sends).
     ///
-    /// MMIO cannot fault on a value: reserved bits are ignored here (Intel
-    /// SDM vol. 3A §11.4.1); writes to read-only registers, including the ID
-    /// (project choice: read-only, it stays the initial APIC ID), return
-    /// [`RegisterError::WrongDirection`] and change nothing.
+    /// MMIO cannot fault: reserved bits are ignored (Intel SDM vol. 3A
+    /// §11.4.1), and a write to a read-only register, including the ID
+    /// (project choice: read-only, it stays the initial APIC ID), is
+    /// silently ignored (`Ok(WriteEffect::None)`). Errors remain for what
+    /// is not an xAPIC register access at all: an offset that is no register
+    /// ([`RegisterError::Unknown`]) or an APIC not in xAPIC mode
+    /// ([`RegisterError::WrongMode`]).
     pub fn write_mmio(
         &mut self,
         offset: u32,
         value: u32,
         now: u64,
     ) -> Result<WriteEffect, RegisterError> {
-        let reg = mmio_reg(offset)?;
+        let reg = self.mmio_reg(offset)?;
         if self.mode() != ApicMode::XApic {
             return Err(RegisterError::WrongMode);
         }
         if reg.read_only(false) {
-            return Err(RegisterError::WrongDirection);
+            return Ok(WriteEffect::None);
         }
         Ok(match reg {
             Reg::Ldr => {
@@ -269,10 +278,11 @@ impl LocalApic {
         }
     }
 
-    /// Version register: 0x14, max LVT entry in 23:16, directed EOI in 24.
+    /// Version register: 0x14, max LVT entry in 23:16 (6 with CMCI, else 5;
+    /// Intel SDM vol. 3A §11.4.8), directed EOI in 24.
     pub(crate) fn version(&self) -> u32 {
-        let max_lvt = (LVT_COUNT as u32).saturating_sub(1) << 16;
-        let deoi = if self.s.directed_eoi {
+        let max_lvt: u32 = if self.s.config.cmci { 6 << 16 } else { 5 << 16 };
+        let deoi = if self.s.config.directed_eoi {
             VERSION_DIRECTED_EOI
         } else {
             0
@@ -290,7 +300,7 @@ impl LocalApic {
     /// unmask them.
     pub(crate) fn write_svr(&mut self, value: u32) {
         let mut keep = 0xFF | SVR_ENABLE | SVR_FOCUS_DISABLE;
-        if self.s.directed_eoi {
+        if self.s.config.directed_eoi {
             keep |= SVR_SUPPRESS_EOI_BROADCAST;
         }
         self.s.svr = value & keep;
@@ -309,6 +319,7 @@ impl LocalApic {
             // while the APIC is software-disabled.
             value |= LVT_MASKED;
         }
+        self.check_lvt_vector(index, value);
         if index != LVT_TIMER {
             if let Some(lvt) = self.s.lvt.get_mut(index) {
                 *lvt = value;
@@ -324,24 +335,23 @@ impl LocalApic {
             new.set_timer_mode(old_mode);
         }
         self.s.lvt[LVT_TIMER] = new.into_bits();
-        let new_mode = new.timer_mode();
-        if old_mode != new_mode
-            && (old_mode == TIMER_TSC_DEADLINE || new_mode == TIMER_TSC_DEADLINE)
-        {
-            // Spec §6 choice: entering or leaving TSC-deadline disarms (and,
-            // as KVM does, clears the initial count and the deadline).
-            self.disarm_timer();
-        }
-        // One-shot <-> periodic: the count carries on; the next expiry is the
-        // same, only what happens after it changes.
+        self.timer_mode_change(old_mode, new.timer_mode());
         WriteEffect::TimerChanged
     }
 }
 
-/// The register at an xAPIC MMIO offset (16-byte aligned, 0x000-0x3F0).
-pub(crate) fn mmio_reg(offset: u32) -> Result<Reg, RegisterError> {
-    if offset & 0xF != 0 || offset > 0x3F0 {
-        return Err(RegisterError::Unknown);
+impl LocalApic {
+    /// The register at an x2APIC MSR (0x800-0x8FF) of this model.
+    fn msr_reg(&self, msr: u32) -> Result<Reg, RegisterError> {
+        Reg::from_index(msr & 0xFF, true, self.s.config.cmci).ok_or(RegisterError::Unknown)
     }
-    Reg::from_index(offset >> 4, false).ok_or(RegisterError::Unknown)
+
+    /// The register at an xAPIC MMIO offset (16-byte aligned, 0x000-0x3F0)
+    /// of this model.
+    fn mmio_reg(&self, offset: u32) -> Result<Reg, RegisterError> {
+        if offset & 0xF != 0 || offset > 0x3F0 {
+            return Err(RegisterError::Unknown);
+        }
+        Reg::from_index(offset >> 4, false, self.s.config.cmci).ok_or(RegisterError::Unknown)
+    }
 }

@@ -1,6 +1,6 @@
 //! One emulated local APIC: mode, requests, IPIs, EOI, priorities, save/restore.
 
-use crate::icr::{ApicAddress, DeliveryMode, DestinationFormat, Ipi};
+use crate::icr::{ApicAddress, DestinationFormat, IcrDeliveryMode, Ipi};
 use crate::regs::*;
 use crate::state::ApicState;
 use crate::types::*;
@@ -25,7 +25,7 @@ impl LocalApic {
 
     /// APIC ID (x2APIC width).
     pub fn id(&self) -> u32 {
-        self.s.id
+        self.s.config.apic_id
     }
 
     /// Current mode.
@@ -43,13 +43,13 @@ impl LocalApic {
         let mode = self.mode();
         match mode {
             ApicMode::X2Apic => ApicAddress {
-                id: self.s.id,
-                ldr: x2apic_ldr(self.s.id),
+                id: self.id(),
+                ldr: x2apic_ldr(self.id()),
                 format: DestinationFormat::Cluster,
                 mode,
             },
             _ => ApicAddress {
-                id: self.s.id & 0xFF,
+                id: self.id() & 0xFF,
                 ldr: self.s.ldr >> 24,
                 format: self.dfr_format(),
                 mode,
@@ -71,18 +71,24 @@ impl LocalApic {
         self.s.apic_base
     }
 
+    /// The CPU model this APIC was built for.
+    pub fn config(&self) -> &ApicConfig {
+        &self.s.config
+    }
+
     /// Writes IA32_APIC_BASE; illegal transitions and reserved bits are #GP.
     ///
     /// Intel SDM vol. 3A §11.12.5 (Figure 11-27): disabled <-> xAPIC,
     /// xAPIC -> x2APIC, x2APIC -> disabled; EN = 0 with EXTD = 1 is invalid.
-    /// The BSP bit is read-only here (written values ignored). Project
-    /// choice: entering the disabled state resets the APIC registers to their
-    /// power-up values (the APIC is off, §11.4.3, so nothing it held can be
-    /// delivered later); ID, base address and the host-vector filter survive.
-    /// The base address may be moved (bits 51:12, MAXPHYADDR 52 assumed).
+    /// Reserved, and so #GP: bits 0-7, 9, MAXPHYADDR-63 (§11.4.4, Figure
+    /// 11-5, MAXPHYADDR from [`ApicConfig::max_phys_addr`]) and EXTD when the
+    /// model has no x2APIC (§11.12.1). The BSP bit is read-only here
+    /// (written values ignored). Project choice: entering the disabled state
+    /// resets the APIC registers to their power-up values (the APIC is off,
+    /// §11.4.3, so nothing it held can be delivered later); ID, base address
+    /// and the host-vector filter survive.
     pub fn set_apic_base(&mut self, value: u64) -> Result<WriteEffect, RegisterError> {
-        let allowed = APIC_BASE_ADDR_MASK | APIC_BASE_EN | APIC_BASE_EXTD | APIC_BASE_BSP;
-        if value & !allowed != 0 {
+        if value & !self.apic_base_writable() != 0 {
             return Err(RegisterError::InvalidValue);
         }
         let new = match (value & APIC_BASE_EN != 0, value & APIC_BASE_EXTD != 0) {
@@ -114,46 +120,30 @@ impl LocalApic {
         Ok(WriteEffect::ModeChanged(new))
     }
 
+    /// APIC_BASE bits a write may set for this model.
+    fn apic_base_writable(&self) -> u64 {
+        // Base address bits 12 .. MAXPHYADDR-1 (32 <= MAXPHYADDR <= 52).
+        let top = 1u64
+            .checked_shl(self.s.config.phys_addr_bits())
+            .unwrap_or(0)
+            .wrapping_sub(1);
+        let extd = if self.s.config.x2apic {
+            APIC_BASE_EXTD
+        } else {
+            0
+        };
+        (top & APIC_BASE_ADDR_MASK) | APIC_BASE_EN | APIC_BASE_BSP | extd
+    }
+
     /// Power-up values for every register but APIC_BASE, the ID and the
     /// host-vector filter.
     pub(crate) fn reset_registers(&mut self) {
-        let config = ApicConfig {
-            apic_id: self.s.id,
-            bsp: false,
-            ticks_per_bus_cycle: self.s.ticks_per_bus_cycle,
-            directed_eoi: self.s.directed_eoi,
-        };
         let fresh = ApicState {
             apic_base: self.s.apic_base,
             host_allowed: self.s.host_allowed,
-            ..ApicState::power_on(&config)
+            ..ApicState::power_on(&self.s.config)
         };
         self.s = fresh;
-    }
-
-    pub(crate) fn send_icr(&mut self) -> WriteEffect {
-        let ipi = Ipi::decode(self.s.icr, self.mode(), self.address().id);
-        if matches!(ipi.mode, DeliveryMode::Fixed | DeliveryMode::LowestPriority) && ipi.vector < 16
-        {
-            self.latch_esr(Esr::SEND_ILLEGAL_VECTOR);
-            return WriteEffect::None;
-        }
-        WriteEffect::SendIpi(ipi)
-    }
-
-    /// Latches ESR bits and raises the LVT error interrupt when unmasked.
-    pub(crate) fn latch_esr(&mut self, bits: Esr) {
-        self.s.esr_pending |= bits.bits();
-        let lvt = Lvt::from_bits(self.s.lvt[LVT_ERROR]);
-        if lvt.masked() || self.mode() == ApicMode::Disabled {
-            return;
-        }
-        if lvt.vector() < 16 {
-            // An illegal error vector only latches: no recursion.
-            self.s.esr_pending |= Esr::RECEIVE_ILLEGAL_VECTOR.bits();
-        } else {
-            self.accept(lvt.vector(), Trigger::Edge);
-        }
     }
 
     /// IRR insert with TMR update; the vector is legal and the APIC enabled.
@@ -173,7 +163,15 @@ impl LocalApic {
         }
     }
 
-    /// Accepts a fixed interrupt from an IPI, the timer or a device model.
+    /// Accepts a fixed interrupt from a source the guest controls or trusts:
+    /// an IPI routed by the engine, a device model, an emulated IOAPIC or an
+    /// MSI of the guest's own devices (trigger as the source programmed it).
+    ///
+    /// A hardware-disabled APIC drops it (`Dropped`, nothing latched); a
+    /// vector 0-15 is refused (`Illegal`) and latches ESR bit 6, "receive
+    /// illegal vector" (Intel SDM vol. 3A §11.5.3, Table 11-6), which may
+    /// raise the LVT error interrupt; a software-disabled APIC drops it
+    /// (spec §6 choice).
     #[inline]
     pub fn request(&mut self, vector: u8, trigger: Trigger) -> RequestOutcome {
         if self.mode() == ApicMode::Disabled {
@@ -189,10 +187,14 @@ impl LocalApic {
         self.accept(vector, trigger)
     }
 
-    /// Accepts a host-presented fixed interrupt through the allowed-vector filter.
+    /// Accepts an interrupt the *host* presented (the doorbell descriptor of
+    /// spec §3: host device models, the host's IOAPIC, host MSIs), through
+    /// the guest's allowed-vector filter (CONFIGURE_VECTOR).
     ///
-    /// Vectors 0-30 are never allowed (spec §6: illegal for the protocol);
-    /// a refused vector leaves no trace in the guest's APIC.
+    /// Vectors 0-30 are never allowed (spec §6: illegal for the protocol). A
+    /// refused vector (`Denied`) leaves no trace in the guest's APIC, not
+    /// even an ESR bit: the host must not be able to make the guest see
+    /// errors. An allowed one continues as [`LocalApic::request`].
     pub fn request_from_host(&mut self, vector: u8, trigger: Trigger) -> RequestOutcome {
         if !self.s.host_allowed.contains(vector) {
             return RequestOutcome::Denied;
@@ -224,24 +226,25 @@ impl LocalApic {
     }
 
     /// An IPI the engine routed to this APIC arrived (Intel SDM vol. 3A
-    /// §11.6.1): fixed and lowest-priority set IRR (edge), NMI, INIT and
-    /// start-up are reported for the engine to deliver outside IRR/ISR. A
-    /// hardware-disabled APIC takes nothing.
+    /// §11.6.1): fixed and lowest-priority set IRR (edge); NMI, INIT and
+    /// start-up are reported for the engine to deliver outside IRR/ISR.
+    ///
+    /// What needs no action is filtered here and comes back as
+    /// [`Received::Ignored`]: anything to a hardware-disabled APIC, and the
+    /// INIT level de-assert (no effect on current processors, §11.6.1).
     pub fn accept_ipi(&mut self, ipi: &Ipi) -> Received {
         if self.mode() == ApicMode::Disabled {
             return Received::Ignored;
         }
         match ipi.mode {
-            DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+            IcrDeliveryMode::Fixed | IcrDeliveryMode::LowestPriority => {
                 Received::Requested(self.request(ipi.vector, Trigger::Edge))
             }
-            DeliveryMode::Nmi => Received::Nmi,
-            DeliveryMode::Init => Received::Init {
-                assert: ipi.assert || ipi.trigger == Trigger::Edge,
-            },
-            DeliveryMode::StartUp => Received::StartUp(ipi.vector),
-            DeliveryMode::ExtInt => Received::ExtInt,
-            DeliveryMode::Smi | DeliveryMode::Reserved => Received::Unsupported,
+            IcrDeliveryMode::Nmi => Received::Nmi,
+            IcrDeliveryMode::Init if ipi.is_init_deassert() => Received::Ignored,
+            IcrDeliveryMode::Init => Received::Init,
+            IcrDeliveryMode::StartUp => Received::StartUp(ipi.vector),
+            IcrDeliveryMode::Smi | IcrDeliveryMode::Reserved => Received::Unsupported,
         }
     }
 
@@ -250,35 +253,6 @@ impl LocalApic {
     /// stays); the host-vector filter is kept too.
     pub fn init_reset(&mut self) {
         self.reset_registers();
-    }
-
-    /// A LINT pin fired: fixed mode sets IRR, other modes are returned.
-    ///
-    /// Intel SDM vol. 3A §11.5.1: a masked entry (always so while
-    /// software-disabled) delivers nothing; fixed uses the entry's trigger.
-    pub fn local_interrupt(&mut self, pin: Lint) -> LocalEvent {
-        let index = match pin {
-            Lint::Lint0 => LVT_LINT0,
-            Lint::Lint1 => LVT_LINT1,
-        };
-        let lvt = Lvt::from_bits(self.s.lvt.get(index).copied().unwrap_or(LVT_MASKED));
-        if lvt.masked() || self.mode() == ApicMode::Disabled {
-            return LocalEvent::None;
-        }
-        match lvt.delivery_mode() {
-            0 => {
-                let trigger = if lvt.level() {
-                    Trigger::Level
-                } else {
-                    Trigger::Edge
-                };
-                self.request(lvt.vector(), trigger);
-                LocalEvent::None
-            }
-            4 => LocalEvent::Nmi,
-            7 => LocalEvent::ExtInt,
-            _ => LocalEvent::Unsupported,
-        }
     }
 
     /// The highest IRR vector whose class is above PPR.
@@ -313,21 +287,27 @@ impl LocalApic {
     }
 
     /// EOI: clears the highest ISR bit; `None` when nothing is in service.
+    ///
+    /// [`EoiInfo::broadcast`] says whether the EOI goes on to the IOAPIC
+    /// (level vector, and no EOI-broadcast suppression, Intel SDM vol. 3A
+    /// §11.8.5).
     #[inline]
     pub fn eoi(&mut self) -> Option<EoiInfo> {
         let vector = self.s.isr.highest()?;
         self.s.isr.remove(vector);
+        let level = self.s.tmr.contains(vector);
         Some(EoiInfo {
             vector,
-            level: self.s.tmr.contains(vector),
+            level,
+            broadcast: level && !self.eoi_broadcast_suppressed(),
         })
     }
 
     /// SVR bit 12 is set (directed EOI advertised): the guest will EOI the
-    /// IOAPIC itself, so a level EOI need not be broadcast (Intel SDM vol. 3A
-    /// §11.8.5). The engine decides what to do with the host.
+    /// IOAPIC itself, so a level EOI is not broadcast (Intel SDM vol. 3A
+    /// §11.8.5). Already folded into [`EoiInfo::broadcast`].
     pub fn eoi_broadcast_suppressed(&self) -> bool {
-        self.s.directed_eoi && self.s.svr & SVR_SUPPRESS_EOI_BROADCAST != 0
+        self.s.config.directed_eoi && self.s.svr & SVR_SUPPRESS_EOI_BROADCAST != 0
     }
 
     /// TPR.
@@ -380,15 +360,20 @@ impl LocalApic {
     ///
     /// A state from elsewhere is made consistent: no vector below 16 in
     /// IRR/ISR/TMR, no host vector below 31 allowed, EN = 0 with EXTD = 1
-    /// becomes disabled. Any state `save` produced comes back unchanged.
+    /// becomes disabled, EXTD without an x2APIC in the model becomes xAPIC,
+    /// an absent LVT CMCI stays masked. Any state `save` produced comes back
+    /// unchanged.
     pub fn restore(state: &ApicState) -> Self {
         let mut s = *state;
         s.irr = s.irr.intersection(&VectorSet::LEGAL);
         s.isr = s.isr.intersection(&VectorSet::LEGAL);
         s.tmr = s.tmr.intersection(&VectorSet::LEGAL);
         s.host_allowed = s.host_allowed.intersection(&VectorSet::HOST_LEGAL);
-        if s.apic_base & APIC_BASE_EN == 0 {
+        if s.apic_base & APIC_BASE_EN == 0 || !s.config.x2apic {
             s.apic_base &= !APIC_BASE_EXTD;
+        }
+        if !s.config.cmci {
+            s.lvt[LVT_CMCI] = LVT_MASKED;
         }
         Self { s }
     }

@@ -6,9 +6,16 @@ use crate::vectors::VectorSet;
 
 /// The whole state of one APIC as a plain value, for handoff and tests.
 ///
-/// Every architectural register is here in its register form; the timer adds
-/// the time its count was last (re)loaded. [`LocalApic::save`] and
-/// [`LocalApic::restore`] round-trip it exactly.
+/// Every architectural register is here in its register form, with the CPU
+/// model it was built for; the timer adds the time its count was last
+/// (re)loaded. Nothing is stored twice: the timer's deadline, whether it is
+/// armed and the current count are all derived from `timer_start`,
+/// `timer_start_count`, the divide configuration and the LVT timer mode (or
+/// `tsc_deadline`). [`LocalApic::save`] and [`LocalApic::restore`]
+/// round-trip it exactly.
+///
+/// [`LocalApic::save`]: crate::LocalApic::save
+/// [`LocalApic::restore`]: crate::LocalApic::restore
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ApicState {
     /// Interrupt request register.
@@ -27,10 +34,8 @@ pub struct ApicState {
     pub tsc_deadline: u64,
     /// `now` at which the count was `timer_start_count`.
     pub timer_start: u64,
-    /// When the armed timer next expires, in `now` ticks.
-    pub timer_deadline: u64,
-    /// Initial APIC ID (the x2APIC ID; xAPIC shows bits 7:0).
-    pub id: u32,
+    /// The CPU model (ID, MAXPHYADDR, x2APIC, CMCI, directed EOI, tick rate).
+    pub config: ApicConfig,
     /// xAPIC LDR (logical ID in bits 31:24).
     pub ldr: u32,
     /// xAPIC DFR (model in bits 31:28, 27:0 read as 1).
@@ -45,18 +50,13 @@ pub struct ApicState {
     pub lvt: [u32; LVT_COUNT],
     /// Timer initial count.
     pub timer_initial: u32,
-    /// Current count at `timer_start`.
+    /// Current count at `timer_start`; 0: the one-shot/periodic count is
+    /// stopped (never started, written 0, expired one-shot, or disarmed).
     pub timer_start_count: u32,
     /// Timer divide configuration.
     pub timer_divide: u32,
-    /// `now` ticks per bus cycle (0 is treated as 1).
-    pub ticks_per_bus_cycle: u32,
     /// Task priority.
     pub tpr: u8,
-    /// The timer will expire at `timer_deadline`.
-    pub timer_armed: bool,
-    /// Directed EOI is advertised (version bit 24) and SVR bit 12 writable.
-    pub directed_eoi: bool,
 }
 
 impl ApicState {
@@ -74,8 +74,7 @@ impl ApicState {
             icr: 0,
             tsc_deadline: 0,
             timer_start: 0,
-            timer_deadline: 0,
-            id: config.apic_id,
+            config: *config,
             ldr: 0,
             dfr: 0xFFFF_FFFF,
             svr: 0xFF,
@@ -85,10 +84,7 @@ impl ApicState {
             timer_initial: 0,
             timer_start_count: 0,
             timer_divide: 0,
-            ticks_per_bus_cycle: config.ticks_per_bus_cycle,
             tpr: 0,
-            timer_armed: false,
-            directed_eoi: config.directed_eoi,
         }
     }
 }

@@ -1,13 +1,23 @@
 //! The APIC timer: one-shot, periodic and TSC-deadline (Intel SDM vol. 3A
-//! §11.5.4).
+//! §11.5.4, §11.5.4.1).
+//!
+//! One state drives everything: the count started from `timer_start_count`
+//! at `timer_start` (0: stopped), or `tsc_deadline` in TSC-deadline mode.
+//! The current count, the deadline and the expiries are all derived from it,
+//! so they cannot disagree. Time moves only through the `now` of a call:
+//! every call that takes `now` first delivers what expired up to `now`
+//! ([`LocalApic::poll_timer`]), so a read past a deadline that shows a
+//! current count of 0 also shows the vector in IRR, and after such a call
+//! [`LocalApic::next_timer_deadline`] is `None` or after `now`.
 
 use crate::lapic::LocalApic;
 use crate::regs::*;
 use crate::types::*;
 
 impl LocalApic {
+    /// Stops every count and the TSC deadline (and, as KVM does, clears the
+    /// initial count).
     pub(crate) fn disarm_timer(&mut self) {
-        self.s.timer_armed = false;
         self.s.timer_initial = 0;
         self.s.timer_start_count = 0;
         self.s.tsc_deadline = 0;
@@ -19,19 +29,33 @@ impl LocalApic {
 
     /// `now` ticks per timer count: ticks per bus cycle times the divisor.
     pub(crate) fn count_period(&self) -> u64 {
-        u64::from(self.s.ticks_per_bus_cycle.max(1))
+        u64::from(self.s.config.ticks_per_bus_cycle.max(1))
             .saturating_mul(u64::from(timer_divisor(self.s.timer_divide)))
     }
 
-    /// Current count (Intel SDM vol. 3A §11.5.4): counts down from
-    /// `timer_start_count` at `timer_start`; periodic mode reloads the
-    /// initial count at 0; TSC-deadline mode reads 0.
+    /// When the running count reaches 0; `None` when stopped, or when that
+    /// is past the end of the `now` range (it can never be reached; the
+    /// count still runs).
+    fn count_deadline(&self) -> Option<u64> {
+        if self.s.timer_start_count == 0 {
+            return None;
+        }
+        u64::from(self.s.timer_start_count)
+            .checked_mul(self.count_period())
+            .and_then(|d| self.s.timer_start.checked_add(d))
+    }
+
+    /// Current count (Intel SDM vol. 3A §11.5.4) at `now`, from the timer
+    /// state: counts down from `timer_start_count` at `timer_start`; 0 when
+    /// stopped and in TSC-deadline mode. Past 0 (an expiry not yet
+    /// delivered), one-shot reads 0 and periodic the reloaded count, which
+    /// is what the delivery will leave.
     pub(crate) fn current_count(&self, now: u64) -> u32 {
         let mode = self.timer_mode();
-        if mode == TIMER_TSC_DEADLINE {
+        let start_count = u64::from(self.s.timer_start_count);
+        if mode == TIMER_TSC_DEADLINE || start_count == 0 {
             return 0;
         }
-        let start_count = u64::from(self.s.timer_start_count);
         let counts = now
             .saturating_sub(self.s.timer_start)
             .checked_div(self.count_period())
@@ -40,7 +64,7 @@ impl LocalApic {
             return left as u32;
         }
         let initial = u64::from(self.s.timer_initial);
-        if mode == TIMER_PERIODIC && start_count != 0 {
+        if mode == TIMER_PERIODIC && initial != 0 {
             let past = counts.saturating_sub(start_count);
             let into = past.checked_rem(initial).unwrap_or(0);
             return initial.saturating_sub(into) as u32;
@@ -48,24 +72,10 @@ impl LocalApic {
         0
     }
 
-    /// Re-arms one-shot/periodic counting from `count` at `now`.
+    /// (Re)starts one-shot/periodic counting from `count` at `now`; 0 stops.
     pub(crate) fn start_count(&mut self, count: u32, now: u64) {
         self.s.timer_start = now;
         self.s.timer_start_count = count;
-        self.set_deadline(
-            u64::from(count)
-                .checked_mul(self.count_period())
-                .and_then(|d| now.checked_add(d))
-                .filter(|_| count != 0),
-        );
-    }
-
-    /// Arms the timer for `deadline`; `None` (stopped, or an expiry past the
-    /// end of the `now` range, which can never be reached) disarms it. The
-    /// count itself is still computed from `timer_start`.
-    pub(crate) fn set_deadline(&mut self, deadline: Option<u64>) {
-        self.s.timer_armed = deadline.is_some();
-        self.s.timer_deadline = deadline.unwrap_or(0);
     }
 
     pub(crate) fn write_timer_initial(&mut self, value: u32, now: u64) -> WriteEffect {
@@ -84,7 +94,7 @@ impl LocalApic {
         self.poll_timer(now);
         let count = self.current_count(now);
         self.s.timer_divide = value & DIVIDE_WRITABLE;
-        if self.s.timer_armed && self.timer_mode() != TIMER_TSC_DEADLINE {
+        if self.s.timer_start_count != 0 && self.timer_mode() != TIMER_TSC_DEADLINE {
             // As KVM does, the current count carries on at the new rate
             // (the part of a count already elapsed is dropped).
             self.start_count(count, now);
@@ -92,48 +102,68 @@ impl LocalApic {
         WriteEffect::TimerChanged
     }
 
-    /// Sends the ICR: illegal fixed vectors latch ESR "send illegal vector"
+    /// The LVT timer is being set to `new_mode` (after the expiries due at
+    /// `now` were delivered in the old mode).
+    ///
+    /// Spec §6 choice: entering or leaving TSC-deadline disarms. One-shot
+    /// <-> periodic: the count carries on, a running count keeps its next
+    /// expiry and only what happens after it changes; a stopped count (an
+    /// expired one-shot) stays stopped: the current count reads 0 and
+    /// nothing fires until a new initial count is written.
+    pub(crate) fn timer_mode_change(&mut self, old_mode: u8, new_mode: u8) {
+        if old_mode != new_mode
+            && (old_mode == TIMER_TSC_DEADLINE || new_mode == TIMER_TSC_DEADLINE)
+        {
+            self.disarm_timer();
+        }
+    }
 
     /// When the timer next fires, in `now` ticks; `None` when not armed.
     pub fn next_timer_deadline(&self) -> Option<u64> {
-        self.s.timer_armed.then_some(self.s.timer_deadline)
+        if self.timer_mode() == TIMER_TSC_DEADLINE {
+            (self.s.tsc_deadline != 0).then_some(self.s.tsc_deadline)
+        } else {
+            self.count_deadline()
+        }
     }
 
-    /// Fires the timer if due at `now` (sets the LVT timer vector unless masked,
-    /// re-arms periodic mode); returns whether it fired.
+    /// Delivers the expiry due at `now`, if any: sets the LVT timer vector
+    /// unless masked, reloads a periodic count, stops a one-shot count and
+    /// disarms a TSC deadline. Returns whether the timer expired.
     ///
-    /// A masked timer still expires (and returns true) without an interrupt
-    /// (Intel SDM vol. 3A §11.5.4). Periodic expiries missed by a late poll
-    /// coalesce into one interrupt; the period stays aligned to the first
-    /// start.
+    /// Every call that takes `now` does this first, so the embedder calls
+    /// it only when its platform timer for [`LocalApic::next_timer_deadline`]
+    /// fires. A masked timer still expires (and returns true) without an
+    /// interrupt (Intel SDM vol. 3A §11.5.4). Periodic expiries missed by a
+    /// late poll coalesce into one interrupt; the period stays aligned to
+    /// the first start.
     pub fn poll_timer(&mut self, now: u64) -> bool {
-        if !self.s.timer_armed || now < self.s.timer_deadline {
+        let Some(deadline) = self.next_timer_deadline() else {
+            return false;
+        };
+        if now < deadline {
             return false;
         }
         let mode = self.timer_mode();
-        if mode == TIMER_PERIODIC && self.s.timer_initial != 0 {
+        if mode == TIMER_TSC_DEADLINE {
+            // Intel SDM vol. 3A §11.5.4.1: the timer disarms itself; the
+            // MSR then reads 0 (as KVM does).
+            self.s.tsc_deadline = 0;
+        } else if mode == TIMER_PERIODIC && self.s.timer_initial != 0 {
             let full = u64::from(self.s.timer_initial).saturating_mul(self.count_period());
-            let late = now.saturating_sub(self.s.timer_deadline);
+            let late = now.saturating_sub(deadline);
             let skipped = late.checked_div(full).unwrap_or(0);
             // skipped * full <= late, so the reload time is at most `now`.
-            let reload = self
-                .s
-                .timer_deadline
-                .saturating_add(skipped.saturating_mul(full));
-            self.s.timer_start = reload;
-            self.s.timer_start_count = self.s.timer_initial;
-            self.set_deadline(reload.checked_add(full));
+            let reload = deadline.saturating_add(skipped.saturating_mul(full));
+            self.start_count(self.s.timer_initial, reload);
         } else {
-            self.s.timer_armed = false;
-            if mode == TIMER_TSC_DEADLINE {
-                // Intel SDM vol. 3A §11.5.4.1: the timer disarms itself; the
-                // MSR then reads 0 (as KVM does).
-                self.s.tsc_deadline = 0;
-            }
+            // One-shot (or periodic with no initial count to reload): the
+            // count stopped at 0 (§11.5.4).
+            self.start_count(0, deadline);
         }
         let lvt = Lvt::from_bits(self.s.lvt[LVT_TIMER]);
         if !lvt.masked() {
-            self.request(lvt.vector(), Trigger::Edge);
+            let _ = self.request(lvt.vector(), Trigger::Edge);
         }
         true
     }
@@ -147,16 +177,17 @@ impl LocalApic {
         }
     }
 
-    /// IA32_TSC_DEADLINE write (ignored unless in TSC-deadline mode).
+    /// IA32_TSC_DEADLINE write at `now` (ignored unless in TSC-deadline
+    /// mode; Intel SDM vol. 3A §11.5.4.1).
     ///
-    /// 0 disarms; a deadline already past fires at the next poll.
-    pub fn set_tsc_deadline(&mut self, deadline: u64) -> WriteEffect {
+    /// 0 disarms; a deadline at or before `now` fires at once.
+    pub fn set_tsc_deadline(&mut self, deadline: u64, now: u64) -> WriteEffect {
         if self.timer_mode() != TIMER_TSC_DEADLINE || self.mode() == ApicMode::Disabled {
             return WriteEffect::None;
         }
+        self.poll_timer(now);
         self.s.tsc_deadline = deadline;
-        self.s.timer_deadline = deadline;
-        self.s.timer_armed = deadline != 0;
+        self.poll_timer(now);
         WriteEffect::TimerChanged
     }
 }

@@ -101,10 +101,8 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn enabled_apic() -> LocalApic {
     let mut a = LocalApic::new(ApicConfig {
-        apic_id: 0,
         bsp: true,
-        ticks_per_bus_cycle: 1,
-        directed_eoi: false,
+        ..ApicConfig::default()
     });
     a.write_msr(MSR_APIC_BASE, 0xFEE0_0000 | (1 << 11) | (1 << 10), 0)
         .unwrap();
@@ -137,7 +135,7 @@ proptest! {
                     }
                 }
                 Op::Eoi => {
-                    let e = apic.eoi().map(|EoiInfo { vector, level }| (vector, level));
+                    let e = apic.eoi().map(|EoiInfo { vector, level, .. }| (vector, level));
                     prop_assert_eq!(e, model.eoi());
                 }
                 Op::Tpr(t) => {

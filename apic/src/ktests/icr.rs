@@ -153,11 +153,61 @@ ktest::suite! {
         assert_eq!((sipi.mode, sipi.vector), (DeliveryMode::StartUp, 0x9A));
         let nmi = send(&mut a, (2 << 32) | (4 << 8) | (1 << 14));
         assert_eq!(nmi.mode, DeliveryMode::Nmi);
-        for (code, mode) in [(1u64, DeliveryMode::LowestPriority), (2, DeliveryMode::Smi), (3, DeliveryMode::Reserved), (7, DeliveryMode::ExtInt)] {
+        for (code, mode) in [(1u64, DeliveryMode::LowestPriority), (2, DeliveryMode::Smi), (3, DeliveryMode::Reserved), (7, DeliveryMode::Reserved)] {
             assert_eq!(send(&mut a, (code << 8) | 0x40).mode, mode);
         }
         // Nothing of that enters the sender's IRR.
         assert!(a.irr().is_empty());
+    }
+
+    // §11.6.1, Figure 11-12: 111 is reserved in the ICR (ExtINT exists
+    // only in LVT and IOAPIC entries).
+    fn icr_delivery_mode_111_is_reserved_not_extint() {
+        let mut a = x2(0);
+        let ipi = send(&mut a, (1 << 32) | (7 << 8) | 0x40);
+        assert_eq!(ipi.mode, IcrDeliveryMode::Reserved);
+        let mut t = x2(1);
+        assert_eq!(t.accept_ipi(&ipi), Received::Unsupported);
+        assert!(t.irr().is_empty());
+    }
+
+    // Spec §6 choices: INIT / SIPI / SMI / reserved are accepted and not
+    // delivered; lowest priority goes to one target; fixed and NMI to all.
+    fn icr_routing_follows_spec_6_choices() {
+        let mut a = x2(0);
+        for (mode, routing) in [(0u64, Routing::EveryTarget), (1, Routing::LowestIdTarget), (2, Routing::NotDelivered), (3, Routing::NotDelivered), (4, Routing::Nmi), (5, Routing::NotDelivered), (6, Routing::NotDelivered), (7, Routing::NotDelivered)] {
+            let icr = (1 << 32) | (mode << 8) | (1 << 14) | 0x40;
+            assert_eq!(send(&mut a, icr).routing(), routing, "mode {mode}");
+            // The write succeeded and reads back.
+            assert_eq!(rd(&a, MSR_ICR), icr);
+        }
+    }
+
+    // Spec §6 choice: lowest priority goes to the matching APIC with the
+    // lowest APIC ID.
+    fn lowest_priority_target_is_the_lowest_matching_id() {
+        let mut a = x2(0);
+        // Cluster 0, members 3, 5 and 9.
+        let ipi = send(&mut a, ((0b10_0010_1000u64) << 32) | (1 << 11) | (1 << 8) | 0x40);
+        let targets = [9u32, 5, 0x13, 3, 7].map(|id| target(id, ApicMode::X2Apic));
+        assert_eq!(ipi.destination.lowest_id_target(0, targets), Some(3));
+        let none = Destination::Physical { id: 0x44, x2apic: true };
+        assert_eq!(none.lowest_id_target(0, targets), None);
+        let all = Destination::AllExcludingSelf;
+        assert_eq!(all.lowest_id_target(3, targets), Some(1));
+    }
+
+    // §11.6.1: the INIT level de-assert does nothing on current processors;
+    // the receiver filters it.
+    fn init_level_deassert_is_ignored_by_the_receiver() {
+        let mut s = x2(0);
+        let mut t = x2(1);
+        let deassert = send(&mut s, (1 << 32) | (5 << 8) | (1 << 15));
+        assert!(deassert.is_init_deassert());
+        assert_eq!(t.accept_ipi(&deassert), Received::Ignored);
+        let edge = send(&mut s, (1 << 32) | (5 << 8));
+        assert!(!edge.is_init_deassert());
+        assert_eq!(t.accept_ipi(&edge), Received::Init);
     }
 
     // ---- LINT --------------------------------------------------------------
@@ -165,7 +215,7 @@ ktest::suite! {
     fn lint_fixed_sets_irr_with_entry_trigger() {
         let mut a = x2(0);
         a.write_msr(MSR_LVT_LINT0, 0x8000 | 0x66, 0).unwrap();
-        assert_eq!(a.local_interrupt(Lint::Lint0), LocalEvent::None);
+        assert_eq!(a.local_interrupt(LocalInterrupt::Lint0), LocalEvent::None);
         assert!(a.irr().contains(0x66) && a.tmr().contains(0x66));
     }
 
@@ -173,16 +223,16 @@ ktest::suite! {
         let mut a = x2(0);
         a.write_msr(MSR_LVT_LINT1, 0x400, 0).unwrap();
         a.write_msr(MSR_LVT_LINT0, 0x700, 0).unwrap();
-        assert_eq!(a.local_interrupt(Lint::Lint1), LocalEvent::Nmi);
-        assert_eq!(a.local_interrupt(Lint::Lint0), LocalEvent::ExtInt);
+        assert_eq!(a.local_interrupt(LocalInterrupt::Lint1), LocalEvent::Nmi);
+        assert_eq!(a.local_interrupt(LocalInterrupt::Lint0), LocalEvent::ExtInt);
         a.write_msr(MSR_LVT_LINT0, 0x500, 0).unwrap();
-        assert_eq!(a.local_interrupt(Lint::Lint0), LocalEvent::Unsupported);
+        assert_eq!(a.local_interrupt(LocalInterrupt::Lint0), LocalEvent::Unsupported(LvtDeliveryMode::Init));
         assert!(a.irr().is_empty());
     }
 
     fn lint_masked_delivers_nothing() {
         let mut a = x2(0);
         a.write_msr(MSR_LVT_LINT1, 0x1_0400, 0).unwrap();
-        assert_eq!(a.local_interrupt(Lint::Lint1), LocalEvent::None);
+        assert_eq!(a.local_interrupt(LocalInterrupt::Lint1), LocalEvent::None);
     }
 }

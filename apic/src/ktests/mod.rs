@@ -13,8 +13,11 @@
 
 use crate::*;
 
+pub mod config;
 pub mod delivery;
+pub mod esr;
 pub mod icr;
+pub mod lvt;
 pub mod registers;
 pub mod state;
 pub mod timer;
@@ -24,6 +27,9 @@ pub const ALL: &[&[ktest::Test]] = &[
     state::TESTS,
     registers::TESTS,
     delivery::TESTS,
+    esr::TESTS,
+    lvt::TESTS,
+    config::TESTS,
     icr::TESTS,
     timer::TESTS,
 ];
@@ -35,9 +41,7 @@ const X2APIC: u64 = BASE | APIC_BASE_EN | APIC_BASE_EXTD;
 fn config(id: u32) -> ApicConfig {
     ApicConfig {
         apic_id: id,
-        bsp: false,
-        ticks_per_bus_cycle: 1,
-        directed_eoi: false,
+        ..ApicConfig::default()
     }
 }
 
@@ -56,8 +60,9 @@ fn xa(id: u32) -> LocalApic {
     a
 }
 
+/// Reads at time 0 through a copy (a view; it settles nothing in `a`).
 fn rd(a: &LocalApic, msr: u32) -> u64 {
-    a.read_msr(msr, 0).unwrap()
+    a.clone().read_msr(msr, 0).unwrap()
 }
 
 fn send(a: &mut LocalApic, icr: u64) -> Ipi {
@@ -81,6 +86,7 @@ fn timer(a: &mut LocalApic, mode: u32, now: u64) {
         .unwrap();
 }
 
+/// Reads at `now` through a copy (a view; it settles nothing in `a`).
 fn rd_now(a: &LocalApic, msr: u32, now: u64) -> u64 {
-    a.read_msr(msr, now).unwrap()
+    a.clone().read_msr(msr, now).unwrap()
 }

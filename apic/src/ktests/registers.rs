@@ -21,7 +21,7 @@ ktest::suite! {
     }
 
     fn x2apic_write_only_registers_refuse_reads() {
-        let a = x2(0);
+        let mut a = x2(0);
         assert_eq!(a.read_msr(MSR_EOI, 0), Err(RegisterError::WrongDirection));
         assert_eq!(a.read_msr(MSR_SELF_IPI, 0), Err(RegisterError::WrongDirection));
     }
@@ -66,7 +66,7 @@ ktest::suite! {
     }
 
     fn mmio_unaligned_or_reserved_offsets_are_unknown() {
-        let a = xa(0);
+        let mut a = xa(0);
         for off in [0x24u32, 0x0, 0x10, 0x40, 0xC0, 0x290, 0x3F0, 0x400, 0x1000] {
             assert_eq!(a.read_mmio(off, 0), Err(RegisterError::Unknown), "{off:#x}");
         }
@@ -181,9 +181,20 @@ ktest::suite! {
     fn xapic_id_is_bits_31_24_and_read_only() {
         let mut a = xa(0x12);
         assert_eq!(a.read_mmio(XAPIC_ID, 0), Ok(0x1200_0000));
-        assert_eq!(a.write_mmio(XAPIC_ID, 0x3400_0000, 0), Err(RegisterError::WrongDirection));
+        assert_eq!(a.write_mmio(XAPIC_ID, 0x3400_0000, 0), Ok(WriteEffect::None));
         assert_eq!(a.read_mmio(XAPIC_ID, 0), Ok(0x1200_0000));
         assert_eq!(a.address().id, 0x12);
+    }
+
+    // MMIO cannot fault (Intel SDM vol. 3A §11.4.1): the write is dropped.
+    fn xapic_mmio_write_to_read_only_register_is_silently_ignored() {
+        let mut a = xa(3);
+        a.request(0x40, Trigger::Edge);
+        let before = a.save();
+        for off in [XAPIC_ID, XAPIC_VERSION, XAPIC_APR, XAPIC_PPR, XAPIC_ISR0, XAPIC_TMR0, XAPIC_IRR0 + 0x20, XAPIC_TIMER_CURRENT] {
+            assert_eq!(a.write_mmio(off, 0xFFFF_FFFF, 0), Ok(WriteEffect::None), "{off:#x}");
+        }
+        assert_eq!(a.save(), before);
     }
 
     fn xapic_ldr_and_dfr_are_writable_in_their_bits() {
@@ -209,7 +220,7 @@ ktest::suite! {
         a.acknowledge(0x40);
         assert_eq!(
             a.write_mmio(XAPIC_EOI, 0x1234, 0),
-            Ok(WriteEffect::Eoi(EoiInfo { vector: 0x40, level: false }))
+            Ok(WriteEffect::Eoi(EoiInfo { vector: 0x40, level: false, broadcast: false }))
         );
         assert_eq!(a.write_mmio(XAPIC_ESR, 0xFFFF, 0), Ok(WriteEffect::None));
         assert_eq!(a.read_mmio(XAPIC_EOI, 0), Err(RegisterError::WrongDirection));

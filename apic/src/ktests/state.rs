@@ -171,7 +171,7 @@ ktest::suite! {
     // ---- reset values ------------------------------------------------------
 
     fn reset_values_in_xapic_mode() {
-        let a = LocalApic::new(config(7));
+        let mut a = LocalApic::new(config(7));
         for (off, v) in [
             (XAPIC_ID, 0x0700_0000u32),
             (XAPIC_VERSION, 0x0006_0014),
@@ -241,7 +241,7 @@ ktest::suite! {
         a.write_msr(MSR_TIMER_INITIAL, 77, 123).unwrap();
         a.request(2, Trigger::Edge);
         let s = a.save();
-        let b = LocalApic::restore(&s);
+        let mut b = LocalApic::restore(&s);
         assert_eq!(b.save(), s);
         assert_eq!(b.next_timer_deadline(), a.next_timer_deadline());
         assert_eq!(b.highest_deliverable(), a.highest_deliverable());
