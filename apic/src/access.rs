@@ -319,11 +319,13 @@ impl LocalApic {
             // while the APIC is software-disabled.
             value |= LVT_MASKED;
         }
-        self.check_lvt_vector(index, value);
         if index != LVT_TIMER {
             if let Some(lvt) = self.s.lvt.get_mut(index) {
                 *lvt = value;
             }
+            // After the store: an error entry written with an illegal
+            // vector signals through itself (latch only, masked or not).
+            self.check_lvt_vector(index, value);
             return WriteEffect::None;
         }
         // An expiry that happened before this write is delivered first.
@@ -336,6 +338,7 @@ impl LocalApic {
         }
         self.s.lvt[LVT_TIMER] = new.into_bits();
         self.timer_mode_change(old_mode, new.timer_mode());
+        self.check_lvt_vector(index, value);
         WriteEffect::TimerChanged
     }
 }

@@ -182,10 +182,10 @@ impl LocalApic {
     ///
     /// 0 disarms; a deadline at or before `now` fires at once.
     pub fn set_tsc_deadline(&mut self, deadline: u64, now: u64) -> WriteEffect {
+        self.poll_timer(now);
         if self.timer_mode() != TIMER_TSC_DEADLINE || self.mode() == ApicMode::Disabled {
             return WriteEffect::None;
         }
-        self.poll_timer(now);
         self.s.tsc_deadline = deadline;
         self.poll_timer(now);
         WriteEffect::TimerChanged
