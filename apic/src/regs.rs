@@ -145,16 +145,20 @@ pub const SVR_SUPPRESS_EOI_BROADCAST: u32 = 1 << 12;
 pub const LVT_MASKED: u32 = 1 << 16;
 
 bitflags::bitflags! {
-    /// Error status register bits (Intel SDM vol. 3A §11.5.3).
+    /// Error status register bits (Intel SDM vol. 3A §11.5.3, Table 11-6).
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     pub struct Esr: u32 {
-        /// Lowest-priority IPI could not be redirected (not produced here).
+        /// Lowest-priority IPI could not be sent (not produced here: lowest
+        /// priority is sent, as fixed to one target, spec §6).
         const REDIRECTABLE_IPI = 1 << 4;
-        /// An IPI with a vector 0-15 was sent.
+        /// An IPI with a vector 0-15 was sent (ICR fixed / lowest priority,
+        /// SELF_IPI); nothing is delivered.
         const SEND_ILLEGAL_VECTOR = 1 << 5;
-        /// An interrupt with a vector 0-15 was received or generated locally.
+        /// An interrupt with a vector 0-15 was received or generated locally
+        /// (requests, LVT firings, LVT writes of fixed entries).
         const RECEIVE_ILLEGAL_VECTOR = 1 << 6;
-        /// Access to a reserved xAPIC register (not produced here).
+        /// Access to a reserved xAPIC register (not produced here: such an
+        /// access is [`crate::RegisterError::Unknown`]).
         const ILLEGAL_REGISTER_ADDRESS = 1 << 7;
     }
 }
