@@ -12,8 +12,7 @@ fn x2apic(id: u32) -> LocalApic {
     let mut a = LocalApic::new(ApicConfig {
         apic_id: id,
         bsp: id == 0,
-        ticks_per_bus_cycle: 1,
-        directed_eoi: false,
+        ..ApicConfig::default()
     });
     a.write_msr(MSR_APIC_BASE, 0xFEE0_0000 | (1 << 11) | (1 << 10), 0)
         .unwrap();

@@ -1,15 +1,19 @@
 //! Interrupt command decoding and destination matching (Intel SDM vol. 3A
 //! §11.6.1 ICR, §11.6.2 destinations, §11.12.9-10 x2APIC ICR and logical mode).
 
-use crate::lapic::{ApicMode, Trigger};
 use crate::regs::IcrValue;
+use crate::types::{ApicMode, Trigger};
 
-/// ICR delivery mode (bits 10:8).
+/// ICR delivery mode (bits 10:8; Intel SDM vol. 3A §11.6.1, Figure 11-12).
+///
+/// A different type from the LVT's ([`crate::LvtDeliveryMode`]): 111
+/// (ExtINT in an LVT or IOAPIC entry) is reserved in the ICR.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum DeliveryMode {
+pub enum IcrDeliveryMode {
     /// 000: the vector, to every destination.
     Fixed,
-    /// 001: the vector, to the lowest-priority destination.
+    /// 001: the vector, to one destination (spec §6: the matching APIC with
+    /// the lowest ID, [`Destination::lowest_id_target`]).
     LowestPriority,
     /// 010
     Smi,
@@ -19,10 +23,48 @@ pub enum DeliveryMode {
     Init,
     /// 110: start-up IPI with the vector as page number.
     StartUp,
-    /// 111
-    ExtInt,
-    /// 011: reserved.
+    /// 011 or 111: reserved.
     Reserved,
+}
+
+/// The ICR delivery mode under its former name (it was the only
+/// delivery-mode type); kept so callers move over at their pace.
+pub type DeliveryMode = IcrDeliveryMode;
+
+impl IcrDeliveryMode {
+    /// Decodes bits 10:8 of the ICR.
+    pub fn decode(bits: u8) -> Self {
+        match bits & 7 {
+            0 => Self::Fixed,
+            1 => Self::LowestPriority,
+            2 => Self::Smi,
+            4 => Self::Nmi,
+            5 => Self::Init,
+            6 => Self::StartUp,
+            _ => Self::Reserved,
+        }
+    }
+
+    /// Fixed and lowest priority: the vector field is an interrupt vector
+    /// (0-15 illegal); in the other modes it is ignored or a page number.
+    pub fn carries_vector(self) -> bool {
+        matches!(self, Self::Fixed | Self::LowestPriority)
+    }
+}
+
+/// How a guest IPI is routed under spec §6's choices.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Routing {
+    /// Fixed: the vector to every matching APIC.
+    EveryTarget,
+    /// Lowest priority: the vector, as fixed, to exactly one matching APIC,
+    /// the one with the lowest APIC ID ([`Destination::lowest_id_target`]).
+    LowestIdTarget,
+    /// NMI to every matching APIC.
+    Nmi,
+    /// INIT, SIPI, SMI, reserved: accepted (the ICR reads back), not
+    /// delivered; the engine counts and logs the drop (TDX's rule).
+    NotDelivered,
 }
 
 /// xAPIC logical destination model (DFR bits 31:28).
@@ -78,7 +120,7 @@ pub struct ApicAddress {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Ipi {
     /// Delivery mode.
-    pub mode: DeliveryMode,
+    pub mode: IcrDeliveryMode,
     /// Vector (fixed), or page (start-up).
     pub vector: u8,
     /// Trigger mode bit; project choice (spec §6): fixed IPIs are recorded as edge.
@@ -100,16 +142,7 @@ impl Ipi {
     /// lowest-priority IPIs are recorded as edge (spec §6 choice, SDM).
     pub fn decode(icr: u64, mode: ApicMode, source: u32) -> Self {
         let v = IcrValue::from_bits(icr);
-        let delivery = match v.delivery_mode() {
-            0 => DeliveryMode::Fixed,
-            1 => DeliveryMode::LowestPriority,
-            2 => DeliveryMode::Smi,
-            4 => DeliveryMode::Nmi,
-            5 => DeliveryMode::Init,
-            6 => DeliveryMode::StartUp,
-            7 => DeliveryMode::ExtInt,
-            _ => DeliveryMode::Reserved,
-        };
+        let delivery = IcrDeliveryMode::decode(v.delivery_mode());
         let x2apic = mode == ApicMode::X2Apic;
         let dest = if x2apic {
             v.destination()
@@ -124,7 +157,7 @@ impl Ipi {
             _ => Destination::Physical { id: dest, x2apic },
         };
         let trigger = match delivery {
-            DeliveryMode::Fixed | DeliveryMode::LowestPriority => Trigger::Edge,
+            IcrDeliveryMode::Fixed | IcrDeliveryMode::LowestPriority => Trigger::Edge,
             _ if v.level() => Trigger::Level,
             _ => Trigger::Edge,
         };
@@ -135,6 +168,25 @@ impl Ipi {
             assert: v.assert(),
             destination,
             source,
+        }
+    }
+
+    /// An INIT level de-assert (delivery mode INIT, level trigger, level
+    /// 0): no effect on current processors (Intel SDM vol. 3A §11.6.1).
+    pub fn is_init_deassert(&self) -> bool {
+        self.mode == IcrDeliveryMode::Init && self.trigger == Trigger::Level && !self.assert
+    }
+
+    /// How the engine routes this IPI (spec §6 choices table).
+    pub fn routing(&self) -> Routing {
+        match self.mode {
+            IcrDeliveryMode::Fixed => Routing::EveryTarget,
+            IcrDeliveryMode::LowestPriority => Routing::LowestIdTarget,
+            IcrDeliveryMode::Nmi => Routing::Nmi,
+            IcrDeliveryMode::Init
+            | IcrDeliveryMode::StartUp
+            | IcrDeliveryMode::Smi
+            | IcrDeliveryMode::Reserved => Routing::NotDelivered,
         }
     }
 }
@@ -186,5 +238,22 @@ impl Destination {
                 }
             }
         }
+    }
+
+    /// The single target of a lowest-priority IPI (spec §6 choice: the
+    /// matching APIC with the lowest APIC ID; KVM also picks one): the
+    /// position in `targets` of that APIC, `None` when nothing matches. The
+    /// first of equal IDs wins.
+    pub fn lowest_id_target<I>(&self, source: u32, targets: I) -> Option<usize>
+    where
+        I: IntoIterator<Item = ApicAddress>,
+    {
+        let mut best: Option<(usize, u32)> = None;
+        for (index, target) in targets.into_iter().enumerate() {
+            if self.matches(source, &target) && best.is_none_or(|(_, id)| target.id < id) {
+                best = Some((index, target.id));
+            }
+        }
+        best.map(|(index, _)| index)
     }
 }

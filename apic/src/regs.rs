@@ -128,7 +128,8 @@ pub const APIC_DEFAULT_BASE: u64 = 0xFEE0_0000;
 
 /// Version register: version 0x14 (integrated APIC, Intel SDM vol. 3A §11.4.8).
 pub const APIC_VERSION: u32 = 0x14;
-/// Number of LVT entries (CMCI, timer, thermal, PMC, LINT0, LINT1, error).
+/// Number of LVT entries stored (CMCI, timer, thermal, PMC, LINT0, LINT1,
+/// error); a model without CMCI has the other 6 (`ApicConfig::cmci`).
 pub const LVT_COUNT: usize = 7;
 /// Version bit 24: EOI-broadcast suppression supported.
 pub const VERSION_DIRECTED_EOI: u32 = 1 << 24;
@@ -144,16 +145,20 @@ pub const SVR_SUPPRESS_EOI_BROADCAST: u32 = 1 << 12;
 pub const LVT_MASKED: u32 = 1 << 16;
 
 bitflags::bitflags! {
-    /// Error status register bits (Intel SDM vol. 3A §11.5.3).
+    /// Error status register bits (Intel SDM vol. 3A §11.5.3, Table 11-6).
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     pub struct Esr: u32 {
-        /// Lowest-priority IPI could not be redirected (not produced here).
+        /// Lowest-priority IPI could not be sent (not produced here: lowest
+        /// priority is sent, as fixed to one target, spec §6).
         const REDIRECTABLE_IPI = 1 << 4;
-        /// An IPI with a vector 0-15 was sent.
+        /// An IPI with a vector 0-15 was sent (ICR fixed / lowest priority,
+        /// SELF_IPI); nothing is delivered.
         const SEND_ILLEGAL_VECTOR = 1 << 5;
-        /// An interrupt with a vector 0-15 was received or generated locally.
+        /// An interrupt with a vector 0-15 was received or generated locally
+        /// (requests, LVT firings, LVT writes of fixed entries).
         const RECEIVE_ILLEGAL_VECTOR = 1 << 6;
-        /// Access to a reserved xAPIC register (not produced here).
+        /// Access to a reserved xAPIC register (not produced here: such an
+        /// access is [`crate::RegisterError::Unknown`]).
         const ILLEGAL_REGISTER_ADDRESS = 1 << 7;
     }
 }
@@ -233,6 +238,40 @@ pub const LVT_WRITABLE: [u32; LVT_COUNT] = [
     0x0001_A7FF, // LINT1
     0x0001_00FF, // error: vector, mask
 ];
+
+/// LVT delivery mode (bits 10:8; Intel SDM vol. 3A §11.5.1, Figure 11-8).
+/// A different type from the ICR's ([`crate::IcrDeliveryMode`]): the
+/// encodings differ (111 is ExtINT here, reserved in the ICR).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LvtDeliveryMode {
+    /// 000: the entry's vector.
+    Fixed,
+    /// 010
+    Smi,
+    /// 100
+    Nmi,
+    /// 101 (LINT entries only).
+    Init,
+    /// 111 (LINT entries only): the vector comes from an external controller.
+    ExtInt,
+    /// 001, 011, 110, and INIT / ExtINT in an entry other than LINT.
+    Reserved,
+}
+
+impl LvtDeliveryMode {
+    /// Decodes bits 10:8 of an entry; `pin` is true for LINT0/LINT1, the
+    /// only entries where INIT and ExtINT exist (Figure 11-8 notes).
+    pub fn decode(bits: u8, pin: bool) -> Self {
+        match bits & 7 {
+            0 => Self::Fixed,
+            2 => Self::Smi,
+            4 => Self::Nmi,
+            5 if pin => Self::Init,
+            7 if pin => Self::ExtInt,
+            _ => Self::Reserved,
+        }
+    }
+}
 
 /// LVT index of CMCI.
 pub const LVT_CMCI: usize = 0;

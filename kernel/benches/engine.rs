@@ -68,6 +68,7 @@ fn config(i: usize) -> EngineConfig {
             bsp: i == 0,
             ticks_per_bus_cycle: 1,
             directed_eoi: false,
+            ..ApicConfig::default()
         },
         guest_vmpl: VMPL,
         notification_vector: 0x50,

@@ -1116,7 +1116,9 @@ impl VcpuEngine {
     ) -> Result<(), ResultCode> {
         let result = match msr {
             m if m == u64::from(apic::MSR_APIC_BASE) => self.apic.set_apic_base(value),
-            m if m == u64::from(apic::MSR_TSC_DEADLINE) => Ok(self.apic.set_tsc_deadline(value)),
+            m if m == u64::from(apic::MSR_TSC_DEADLINE) => {
+                Ok(self.apic.set_tsc_deadline(value, env.platform.now()))
+            }
             X2APIC_FIRST..=X2APIC_LAST => {
                 // Lossless: at most 0x8FF.
                 let msr32 = msr as u32;

@@ -364,6 +364,7 @@ impl<const N: usize> Fixture<N> {
                 bsp: i == 0,
                 ticks_per_bus_cycle: 1,
                 directed_eoi: false,
+                ..ApicConfig::default()
             },
             guest_vmpl: GUEST_VMPL,
             notification_vector: DEFAULT_NOTIFICATION_VECTOR,

@@ -78,7 +78,7 @@ ktest::suite! {
         f.create_with(0, Fixture::<4>::config(0)).unwrap();
         // Version register (0x30 in MMIO = MSR 0x803).
         let version = f.read_msr(0, 0x803).unwrap();
-        assert_eq!(version, u64::from(f.engine(0).unwrap().apic().read_mmio(0x30, 0).unwrap()));
+        assert_eq!(version, u64::from(f.engine(0).unwrap().apic().clone().read_mmio(0x30, 0).unwrap()));
         // An xAPIC register value above 32 bits is refused.
         assert_eq!(f.write_msr(0, 0x808, 1 << 32).unwrap().code, ResultCode::InvalidParameter);
         assert_eq!(f.write_msr(0, 0x808, 0x30).unwrap().code, ResultCode::Success);

@@ -1,13 +1,21 @@
-//! Fuzzes one local APIC through every entry point: x2APIC MSRs, xAPIC MMIO,
-//! APIC_BASE, requests (local and host), LINT pins, deliveries, EOIs, TPR,
-//! IPIs received, time steps and save/restore. Nothing may panic, and after
-//! every step the invariants hold: ISR classes strictly increase (at most one
-//! in-service vector per class), PPR follows its formula (Intel SDM vol. 3A
-//! §11.8.3.1), nothing below 16 in IRR or ISR, the highest deliverable
-//! vector is the highest IRR vector above PPR, and save/restore round-trips.
+//! Fuzzes one local APIC of any CPU model (x2APIC or not, MAXPHYADDR, CMCI,
+//! directed EOI) through every entry point: x2APIC MSRs, xAPIC MMIO,
+//! APIC_BASE, requests (local and host), the LVT sources (LINT, thermal,
+//! PMC, CMCI), deliveries, EOIs, TPR, IPIs received, time steps and
+//! save/restore. Nothing may panic, and after every step the invariants
+//! hold: ISR classes strictly increase (at most one in-service vector per
+//! class), PPR follows its formula (Intel SDM vol. 3A §11.8.3.1), nothing
+//! below 16 in IRR or ISR, the highest deliverable vector is the highest IRR
+//! vector above PPR, save/restore round-trips, the model's limits hold (no
+//! x2APIC mode without x2APIC, no APIC_BASE bit at or above MAXPHYADDR, the
+//! LVT CMCI register only with CMCI), and after a call that took `now` the
+//! timer deadline is `None` or after `now`.
 #![no_main]
 
-use apic::{ApicConfig, ApicMode, Ipi, Lint, LocalApic, MSR_APIC_BASE, MSR_PPR, MSR_TPR, Trigger};
+use apic::{
+    ApicConfig, ApicMode, Ipi, LocalApic, LocalInterrupt, MSR_APIC_BASE, MSR_LVT_CMCI, MSR_PPR,
+    MSR_TPR, Trigger,
+};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
@@ -46,7 +54,7 @@ enum Op {
     HostRequest(u8, bool),
     AllowHost(u8, bool),
     AllowAllHost(bool),
-    Lint(bool),
+    Local(u8),
     Deliver,
     Acknowledge(u8),
     Unacknowledge(u8),
@@ -66,6 +74,9 @@ struct Input {
     bsp: bool,
     ticks_per_bus_cycle: u32,
     directed_eoi: bool,
+    x2apic: bool,
+    max_phys_addr: u8,
+    cmci: bool,
     start: u64,
     ops: Vec<Op>,
 }
@@ -97,9 +108,18 @@ fn check(a: &LocalApic, now: u64) {
         }
         None => assert!(irr.highest().is_none_or(|v| v >> 4 <= ppr >> 4)),
     }
+    let config = *a.config();
+    assert!(config.x2apic || a.mode() != ApicMode::X2Apic, "x2APIC without x2APIC");
+    let top = 1u64 << config.phys_addr_bits();
+    assert!(a.apic_base() < top, "APIC_BASE {:#x} above MAXPHYADDR", a.apic_base());
+    if let Some(d) = a.next_timer_deadline() {
+        assert!(d > now, "deadline {d} not after {now}");
+    }
     if a.mode() == ApicMode::X2Apic {
-        assert_eq!(a.read_msr(MSR_PPR, now), Ok(u64::from(ppr)));
-        assert_eq!(a.read_msr(MSR_TPR, now), Ok(u64::from(tpr)));
+        let mut view = a.clone();
+        assert_eq!(view.read_msr(MSR_PPR, now), Ok(u64::from(ppr)));
+        assert_eq!(view.read_msr(MSR_TPR, now), Ok(u64::from(tpr)));
+        assert_eq!(view.read_msr(MSR_LVT_CMCI, now).is_ok(), config.cmci);
     }
     let s = a.save();
     assert_eq!(LocalApic::restore(&s).save(), s);
@@ -111,6 +131,9 @@ fuzz_target!(|input: Input| {
         bsp: input.bsp,
         ticks_per_bus_cycle: input.ticks_per_bus_cycle,
         directed_eoi: input.directed_eoi,
+        x2apic: input.x2apic,
+        max_phys_addr: input.max_phys_addr,
+        cmci: input.cmci,
     });
     let mut now = input.start;
     for op in &input.ops {
@@ -151,8 +174,15 @@ fuzz_target!(|input: Input| {
             }
             Op::AllowHost(v, on) => a.set_host_vector_allowed(*v, *on),
             Op::AllowAllHost(on) => a.set_all_host_vectors_allowed(*on),
-            Op::Lint(one) => {
-                a.local_interrupt(if *one { Lint::Lint1 } else { Lint::Lint0 });
+            Op::Local(n) => {
+                let source = match n % 5 {
+                    0 => LocalInterrupt::Lint0,
+                    1 => LocalInterrupt::Lint1,
+                    2 => LocalInterrupt::Thermal,
+                    3 => LocalInterrupt::Pmc,
+                    _ => LocalInterrupt::Cmci,
+                };
+                a.local_interrupt(source);
             }
             Op::Deliver => {
                 if let Some(v) = a.highest_deliverable() {
@@ -180,7 +210,7 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::SetTscDeadline(d) => {
-                a.set_tsc_deadline(*d);
+                a.set_tsc_deadline(*d, now);
             }
             Op::AcceptIpi(icr, x2) => {
                 let mode = if *x2 {
@@ -195,6 +225,8 @@ fuzz_target!(|input: Input| {
             Op::InitReset => a.init_reset(),
             Op::SaveRestore => a = LocalApic::restore(&a.save()),
         }
+        // Time moves only in Advance, which polls: every op leaves the
+        // APIC settled at `now`.
         check(&a, now);
     }
 });

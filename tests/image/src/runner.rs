@@ -18,7 +18,7 @@ use crate::{boot, cpu, hv, lapic};
 const GROUPS: &[&[&[Test]]] = &[
     vmsa::ktests::ALL,
     &[doorbell::ktests::TESTS],
-    &[apic::ktests::TESTS],
+    apic::ktests::ALL,
     kernel::ktests::ALL,
     &[crate::hv_tests::TESTS],
 ];

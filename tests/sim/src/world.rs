@@ -47,6 +47,7 @@ pub fn engine_config(i: usize) -> EngineConfig {
             bsp: i == 0,
             ticks_per_bus_cycle: 1,
             directed_eoi: false,
+            ..apic::ApicConfig::default()
         },
         guest_vmpl: GUEST_VMPL,
         notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
