@@ -298,10 +298,13 @@ impl VcpuEngine {
             return Err(fatal);
         }
         let slot = self.slot(env).ok_or(Fatal::NoSlot)?;
+        // BUSY before the first VMSA write, every time (spec §2): a VMSA the
+        // SVSM has not claimed yet (first run, or BUSY cleared by anyone
+        // else) may be runnable on another CPU.
+        vmsa.test_and_set_busy();
         if self.in_flight {
             // Called twice without a run: take back what the first call
             // presented, exactly as after a failed VMRUN.
-            vmsa.test_and_set_busy();
             self.resolve_exit(env, vmsa, None);
         }
         if !self.registration.emulating() {

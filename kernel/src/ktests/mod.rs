@@ -13,6 +13,7 @@
     clippy::arithmetic_side_effects
 )]
 
+pub mod busy;
 pub mod flow;
 pub mod ipi;
 pub mod nmi;
@@ -28,6 +29,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     ipi::TESTS,
     protocol::TESTS,
     reinject::TESTS,
+    busy::TESTS,
 ];
 
 use crate::testing::Fixture;
