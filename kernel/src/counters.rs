@@ -58,6 +58,9 @@ pub struct Counters {
     pub busy_repairs: u64,
     /// APIC timer expiries injected.
     pub timer_fires: u64,
+    /// Platform timer fires that came before the APIC deadline: the
+    /// one-shot timer was re-armed for it.
+    pub timer_early: u64,
     /// GHCB calls the hypervisor failed.
     pub platform_errors: u64,
     /// #HV entries with nothing to do.

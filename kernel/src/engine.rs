@@ -50,6 +50,7 @@
 
 mod handback;
 mod ipi;
+mod timer;
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -353,17 +354,7 @@ impl VcpuEngine {
                 self.request_nmi();
             }
         }
-        if let Some(deadline) = self.apic.next_timer_deadline() {
-            let now = env.platform.now();
-            if now >= deadline {
-                if self.apic.poll_timer(now) {
-                    bump(&mut self.counters.timer_fires);
-                }
-                self.rearm_timer(env);
-            } else if self.timer_armed != Some(deadline) {
-                self.rearm_timer(env);
-            }
-        }
+        self.collect_timer(env, slot);
         Ok(())
     }
 
@@ -802,29 +793,6 @@ impl VcpuEngine {
         }
     }
 
-    // ---------------------------------------------------------------- timer
-
-    /// Arms the platform timer for the APIC's next deadline.
-    fn rearm_timer<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) {
-        let deadline = self.apic.next_timer_deadline();
-        if deadline == self.timer_armed {
-            return;
-        }
-        match env.platform.arm_timer(deadline) {
-            Ok(()) => self.timer_armed = deadline,
-            Err(_) => {
-                self.timer_armed = None;
-                if !self.timer_missing_logged {
-                    self.timer_missing_logged = true;
-                    log::warn!(
-                        "vCPU {}: no platform timer; the guest must use the host's timer",
-                        self.index
-                    );
-                }
-            }
-        }
-    }
-
     // ------------------------------------------------------------- protocol
 
     /// Answers one APIC protocol call (RAX/RCX/RDX already decoded).
@@ -956,7 +924,12 @@ impl VcpuEngine {
     ) -> Result<(), ResultCode> {
         let result = match msr {
             m if m == u64::from(apic::MSR_APIC_BASE) => self.apic.set_apic_base(value),
-            m if m == u64::from(apic::MSR_TSC_DEADLINE) => Ok(self.apic.set_tsc_deadline(value)),
+            m if m == u64::from(apic::MSR_TSC_DEADLINE) => {
+                // An expiry already due is delivered before the deadline
+                // changes, as for the other timer registers.
+                self.poll_timer_now(env);
+                Ok(self.apic.set_tsc_deadline(value))
+            }
             X2APIC_FIRST..=X2APIC_LAST => {
                 // Lossless: at most 0x8FF.
                 let msr32 = msr as u32;

@@ -98,6 +98,7 @@ pub struct VcpuShared {
 struct OwnerLine {
     running: AtomicBool,
     hv_events: AtomicU8,
+    timer_fired: AtomicBool,
 }
 
 const _: () = {
@@ -123,6 +124,7 @@ impl VcpuShared {
             owner: OwnerLine {
                 running: AtomicBool::new(false),
                 hv_events: AtomicU8::new(0),
+                timer_fired: AtomicBool::new(false),
             },
         }
     }
@@ -190,6 +192,20 @@ impl VcpuShared {
             return 0;
         }
         self.owner.hv_events.swap(0, Ordering::AcqRel)
+    }
+
+    /// Notes that the platform's one-shot timer for this vCPU fired (the
+    /// SVSM calls it from its timer interrupt; atomics only). The next
+    /// `before_run` re-arms it when it fired before the APIC deadline
+    /// (`Counters::timer_early`), so an early fire never stalls the timer.
+    pub fn note_timer_fired(&self) {
+        self.owner.timer_fired.store(true, Ordering::Release);
+    }
+
+    /// Takes the note of [`VcpuShared::note_timer_fired`] (owner only).
+    pub(crate) fn take_timer_fired(&self) -> bool {
+        self.owner.timer_fired.load(Ordering::Relaxed)
+            && self.owner.timer_fired.swap(false, Ordering::AcqRel)
     }
 
     /// Makes the slot present (the owner's engine was created). A slot

@@ -20,6 +20,7 @@ pub mod nmi;
 pub mod parts;
 pub mod protocol;
 pub mod reinject;
+pub mod timer;
 
 /// Every test of the crate.
 pub const ALL: &[&[ktest::Test]] = &[
@@ -30,6 +31,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     protocol::TESTS,
     reinject::TESTS,
     busy::TESTS,
+    timer::TESTS,
 ];
 
 use crate::testing::Fixture;
