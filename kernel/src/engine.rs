@@ -748,12 +748,24 @@ impl VcpuEngine {
         // With EOI-broadcast suppression (SVR bit 12) the guest EOIs the
         // (host's) IOAPIC itself, so the host must not get a second EOI
         // (Intel SDM vol. 3A §11.8.5).
-        if info.level
-            && self.host_level.complete(info.vector)
-            && !self.apic.eoi_broadcast_suppressed()
-        {
+        // Gated on the engine's own record, not the guest-visible TMR: an
+        // edge request of the same vector clears TMR (Intel SDM vol. 3A
+        // §11.8.4), yet the host line still waits for exactly one EOI.
+        if self.host_level.complete(info.vector) && !self.apic.eoi_broadcast_suppressed() {
             self.host_eoi(env, info.vector);
         }
+    }
+
+    /// APIC_BASE EN = 0 cleared IRR, ISR and TMR (and the timer): every
+    /// host level vector still outstanding gets its specific EOI now, since
+    /// no guest EOI will ever retire it (Intel SDM vol. 3A §11.4.3).
+    fn apic_disabled<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) {
+        let outstanding = *self.host_level.set();
+        self.host_level.clear();
+        for vector in outstanding.iter() {
+            self.host_eoi(env, vector);
+        }
+        self.rearm_timer(env);
     }
 
     fn host_eoi<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, vector: u8) {
@@ -778,6 +790,10 @@ impl VcpuEngine {
             WriteEffect::Eoi(info) => self.eoi_done(env, *info),
             WriteEffect::SendIpi(ipi) => return self.send_ipi(env, ipi),
             WriteEffect::TimerChanged => self.rearm_timer(env),
+            WriteEffect::ModeChanged(ApicMode::Disabled) => {
+                self.apic_disabled(env);
+                self.publish(env);
+            }
             WriteEffect::ModeChanged(_) | WriteEffect::AddressChanged => self.publish(env),
             WriteEffect::None => {}
         }

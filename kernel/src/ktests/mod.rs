@@ -15,6 +15,7 @@
 
 pub mod busy;
 pub mod flow;
+pub mod host_level;
 pub mod ipi;
 pub mod nmi;
 pub mod parts;
@@ -32,6 +33,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     reinject::TESTS,
     busy::TESTS,
     timer::TESTS,
+    host_level::TESTS,
 ];
 
 use crate::testing::Fixture;
