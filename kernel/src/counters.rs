@@ -61,6 +61,9 @@ pub struct Counters {
     /// Platform timer fires that came before the APIC deadline: the
     /// one-shot timer was re-armed for it.
     pub timer_early: u64,
+    /// Pending vectors 16-30 dropped at the hand-back: the descriptor has
+    /// no place for them (spec §3, §6); each is also logged.
+    pub handback_vectors_lost: u64,
     /// GHCB calls the hypervisor failed.
     pub platform_errors: u64,
     /// #HV entries with nothing to do.

@@ -601,13 +601,17 @@ impl VcpuEngine {
         let mut nmi_outcome = None;
         let mut keep = None;
         match (presented, run.undelivered_event) {
-            (Some(InEventInj::Apic(v)), Some(_)) => {
-                self.recall(v);
+            (Some(InEventInj::Apic(v)), Some(ev)) => {
                 bump(&mut self.counters.recalled);
+                if !self.recall(v) {
+                    keep = Some((ev, InEventInj::Apic(v)));
+                }
             }
             (Some(InEventInj::Nmi), Some(_)) => nmi_outcome = Some(NmiExit::NotDelivered),
             (Some(InEventInj::MachineCheck), Some(_)) => self.mc_pending = true,
-            (Some(InEventInj::Other(_)), Some(ev)) | (None, Some(ev)) => keep = Some(ev),
+            (Some(InEventInj::Other(_)), Some(ev)) | (None, Some(ev)) => {
+                keep = Some((ev, InEventInj::Other(ev)));
+            }
             (Some(InEventInj::Nmi), None) => {
                 taken.nmi = true;
                 nmi_outcome = Some(NmiExit::Taken);
@@ -650,7 +654,7 @@ impl VcpuEngine {
                 Reinjection::Rejected(event) => self.drop_exit_event(event, "malformed"),
             }
         }
-        if let Some(ev) = keep {
+        if let Some((ev, owner)) = keep {
             if vmsa.event_inj().valid() {
                 log::warn!(
                     "vCPU {}: undelivered event {:#x} displaced",
@@ -659,7 +663,7 @@ impl VcpuEngine {
                 );
             } else {
                 vmsa.set_event_inj(ev);
-                self.eventinj = Some(InEventInj::Other(ev));
+                self.eventinj = Some(owner);
             }
         }
 
@@ -696,9 +700,15 @@ impl VcpuEngine {
 
     /// A presented vector was not delivered: back to IRR, out of ISR. If
     /// the guest retired it meanwhile (an EOI for an interrupt it had not
-    /// received yet), it is still owed, so it is requested again.
-    fn recall(&mut self, vector: u8) {
+    /// received yet), it is still owed, so it is requested again. False
+    /// when a second instance is already pending in IRR: the APIC holds one
+    /// instance in IRR and one in ISR (spec §6), so moving this one would
+    /// merge the two; it stays in ISR and the caller keeps it in EVENTINJ.
+    fn recall(&mut self, vector: u8) -> bool {
         if self.apic.isr().contains(vector) {
+            if self.apic.irr().contains(vector) {
+                return false;
+            }
             self.apic.unacknowledge(vector);
         } else {
             let trigger = if self.apic.tmr().contains(vector) {
@@ -708,6 +718,7 @@ impl VcpuEngine {
             };
             let _ = self.apic.request(vector, trigger);
         }
+        true
     }
 
     /// Counts (and rarely logs) an EXITINTINFO event that is not re-injected.

@@ -15,7 +15,7 @@ use vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 use crate::engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 use crate::fabric::{Fabric, VcpuShared};
 use crate::platform::{
-    DEFAULT_NOTIFICATION_VECTOR, DisableAiRequest, DoorbellRequest, NoTimer, Platform,
+    DEFAULT_NOTIFICATION_VECTOR, DisableAiRequest, DoorbellRequest, GuestTimer, NoTimer, Platform,
     PlatformError,
 };
 use crate::protocol::{ApicCall, CallResult};
@@ -114,6 +114,10 @@ pub struct MockPlatform {
     pub fail_specific_eoi: AtomicBool,
     /// Make disable-AI calls fail.
     pub fail_disable_ai: AtomicBool,
+    /// Guest timers handed back, as (lvt, divide, initial, current, tsc
+    /// deadline, deadline or `u64::MAX`), the last one.
+    pub guest_timers: CallLog,
+    last_guest_timer: [AtomicU64; 6],
 }
 
 impl Default for MockPlatform {
@@ -138,12 +142,32 @@ impl MockPlatform {
             fail_hv_ipi: AtomicBool::new(false),
             fail_specific_eoi: AtomicBool::new(false),
             fail_disable_ai: AtomicBool::new(false),
+            guest_timers: CallLog::new(),
+            last_guest_timer: [const { AtomicU64::new(0) }; 6],
         }
     }
 
     /// Sets the time.
     pub fn set_now(&self, now: u64) {
         self.now.store(now, Ordering::Release);
+    }
+
+    /// The last guest timer handed back (`Platform::hand_back_timer`).
+    pub fn guest_timer(&self) -> Option<GuestTimer> {
+        self.guest_timers.count().checked_sub(1)?;
+        let [lvt, divide, initial, current, tsc, deadline] = self
+            .last_guest_timer
+            .each_ref()
+            .map(|w| w.load(Ordering::Acquire));
+        let low = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Some(GuestTimer {
+            lvt_timer: low(lvt),
+            divide_config: low(divide),
+            initial_count: low(initial),
+            current_count: low(current),
+            tsc_deadline: tsc,
+            deadline: (deadline != u64::MAX).then_some(deadline),
+        })
     }
 
     /// The deadline the timer is armed for (`None`: never armed or disarmed).
@@ -213,6 +237,22 @@ impl Platform for MockPlatform {
             return Err(NoTimer);
         }
         self.timer_arms.record(deadline.unwrap_or(u64::MAX));
+        Ok(())
+    }
+
+    fn hand_back_timer(&self, vmpl: u8, timer: &GuestTimer) -> Result<(), PlatformError> {
+        let values = [
+            u64::from(timer.lvt_timer),
+            u64::from(timer.divide_config),
+            u64::from(timer.initial_count),
+            u64::from(timer.current_count),
+            timer.tsc_deadline,
+            timer.deadline.unwrap_or(u64::MAX),
+        ];
+        for (slot, value) in self.last_guest_timer.iter().zip(values) {
+            slot.store(value, Ordering::Release);
+        }
+        self.guest_timers.record(u64::from(vmpl));
         Ok(())
     }
 }

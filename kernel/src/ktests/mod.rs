@@ -15,6 +15,7 @@
 
 pub mod busy;
 pub mod flow;
+pub mod handback;
 pub mod host_level;
 pub mod ipi;
 pub mod nmi;
@@ -34,6 +35,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     busy::TESTS,
     timer::TESTS,
     host_level::TESTS,
+    handback::TESTS,
 ];
 
 use crate::testing::Fixture;
