@@ -213,7 +213,7 @@ impl VcpuShared {
     pub(crate) fn activate(&self, host_apic_id: u32, address: &ApicAddress) {
         self.host_apic_id.store(host_apic_id, Ordering::Relaxed);
         if self.mailbox.closed() {
-            self.mailbox.reset();
+            self.mailbox.reopen();
         }
         self.publish_packed(pack_address(address));
     }

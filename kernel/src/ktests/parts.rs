@@ -31,16 +31,27 @@ ktest::suite! {
         assert!(mb.close().is_empty());
     }
 
-    fn mailbox_reset_reopens_a_closed_mailbox_empty() {
+    fn mailbox_reopen_reopens_a_closed_mailbox_empty() {
         let mb = Mailbox::new();
         mb.close();
         assert_eq!(mb.post(0xF0), Post::Closed);
-        mb.reset();
+        mb.reopen();
         assert!(!mb.closed() && !mb.outstanding());
         assert_eq!(mb.post(0x41), Post::Kick);
         let d = mb.drain();
         assert_eq!(d.iter().count(), 1);
         assert!(d.contains(0x41));
+    }
+
+    fn mailbox_reopen_keeps_a_post_in_flight() {
+        let mb = Mailbox::new();
+        mb.close();
+        // A sender set 0x31's bit (PIR word 1) and is preempted before its
+        // word-0 RMW; the owner's engine is created again meanwhile.
+        assert!(mb.post_first_step(0x31));
+        mb.reopen();
+        assert_eq!(mb.post_second_step(0x31), Post::Kick);
+        assert!(mb.drain().contains(0x31));
     }
 
     fn mailbox_first_post_into_an_empty_mailbox_asks_for_a_kick() {
