@@ -55,7 +55,7 @@ mod timer;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use apic::{ApicConfig, ApicMode, LocalApic, RequestOutcome, Trigger, WriteEffect};
-use doorbell::{DoorbellPage, PendingInterrupts};
+use doorbell::{Descriptor, DescriptorStatus, DoorbellPage, PendingInterrupts};
 use vmsa::rules::{self, Reinjection, VirqOutcome};
 use vmsa::{EventInj, EventType, ExitKind, RFLAGS_IF, VmsaAccess};
 
@@ -326,6 +326,27 @@ impl VcpuEngine {
         slot.set_running(true);
         vmsa.clear_busy();
         Ok(())
+    }
+
+    /// Whether anything arrived since `before_run` collected: a post in
+    /// the mailbox (a kick), a host post in the guest VMPL's descriptor or
+    /// a platform timer fire ([`VcpuShared::note_timer_fired`]). A few
+    /// atomic loads, no GHCB call: the run loop checks it between
+    /// `before_run` and Run VMPL with VMPL0 interrupts disabled and calls
+    /// `before_run` again when it is true (`docs/integration.md`).
+    pub fn work_pending<P: ?Sized>(&self, env: &Env<'_, P>) -> bool {
+        if !self.registration.emulating() {
+            return false;
+        }
+        let Some(slot) = self.slot(env) else {
+            return false;
+        };
+        slot.mailbox().outstanding()
+            || slot.timer_fire_noted()
+            || env
+                .doorbell
+                .descriptor(self.guest_vmpl)
+                .is_ok_and(has_host_posts)
     }
 
     /// Takes everything pending for this vCPU into the APIC / NMI state.
@@ -987,6 +1008,18 @@ impl VcpuEngine {
 /// 2nd, 4th, 8th, ... occurrence (the counters keep the exact number).
 fn rare(count: u64) -> bool {
     count.is_power_of_two()
+}
+
+/// Whether the host posted something `Descriptor::consume` takes (one
+/// load of the status word; reserved bits, which it leaves, do not count).
+fn has_host_posts(descriptor: &Descriptor) -> bool {
+    const POSTS: u32 = DescriptorStatus::VECTOR_MASK
+        | DescriptorStatus::NMI
+        | DescriptorStatus::MC
+        | DescriptorStatus::LEVEL
+        | DescriptorStatus::MULTIPLE
+        | DescriptorStatus::VECTOR_31;
+    descriptor.status.load(Ordering::Acquire) & POSTS != 0
 }
 
 /// Whether `set` is exactly `{vector}`.

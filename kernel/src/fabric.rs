@@ -208,6 +208,11 @@ impl VcpuShared {
             && self.owner.timer_fired.swap(false, Ordering::AcqRel)
     }
 
+    /// Whether a platform timer fire was noted and not yet taken.
+    pub(crate) fn timer_fire_noted(&self) -> bool {
+        self.owner.timer_fired.load(Ordering::Acquire)
+    }
+
     /// Makes the slot present (the owner's engine was created). A slot
     /// whose APIC had been handed back gets an empty, open mailbox again.
     pub(crate) fn activate(&self, host_apic_id: u32, address: &ApicAddress) {
