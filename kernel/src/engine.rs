@@ -851,10 +851,10 @@ impl VcpuEngine {
         call: ApicCall,
     ) -> CallResult {
         bump(&mut self.counters.protocol_calls);
-        if self.registration == Registration::Off {
+        if !self.registration.emulating() {
+            // Off, or handed back: the protocol is gone on this vCPU (spec §5).
             return CallResult::code(ResultCode::UnsupportedProtocol);
         }
-        let emulating = self.registration.emulating();
         match call {
             ApicCall::QueryFeatures => {
                 let mut features = feature::LAZY_EOI;
@@ -863,7 +863,7 @@ impl VcpuEngine {
                 }
                 CallResult::rcx(features)
             }
-            ApicCall::Configure(op) => match self.registration.configure(op) {
+            ApicCall::Configure(op) => match env.fabric.vm().registrations().configure(op) {
                 Ok(ConfigureStep::Count(count)) => CallResult::rcx(u64::from(count)),
                 Ok(ConfigureStep::HandBack) => match self.hand_back(env, vmsa) {
                     Ok(()) => CallResult::rcx(0),
@@ -871,9 +871,6 @@ impl VcpuEngine {
                 },
                 Err(code) => CallResult::code(code),
             },
-            ApicCall::ReadRegister { .. } | ApicCall::WriteRegister { .. } if !emulating => {
-                CallResult::code(ResultCode::InvalidRequest)
-            }
             ApicCall::ReadRegister { msr } => match self.read_register(env, msr) {
                 Ok(value) => CallResult::rdx(value),
                 Err(code) => CallResult::code(code),
@@ -882,9 +879,7 @@ impl VcpuEngine {
                 Ok(()) => CallResult::SUCCESS,
                 Err(code) => CallResult::code(code),
             },
-            ApicCall::ConfigureVector(rcx) => {
-                CallResult::code(self.configure_vector(emulating, rcx))
-            }
+            ApicCall::ConfigureVector(rcx) => CallResult::code(self.configure_vector(rcx)),
             ApicCall::Unknown(_) => CallResult::code(ResultCode::UnsupportedCall),
         }
     }
@@ -917,10 +912,7 @@ impl VcpuEngine {
         result
     }
 
-    fn configure_vector(&mut self, emulating: bool, rcx: u64) -> ResultCode {
-        if !emulating {
-            return ResultCode::InvalidRequest;
-        }
+    fn configure_vector(&mut self, rcx: u64) -> ResultCode {
         if rcx & configure_vector::RESERVED != 0 {
             return ResultCode::InvalidParameter;
         }

@@ -20,6 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
 
 use crate::mailbox::Mailbox;
+use crate::registration::RegistrationCount;
 
 const MODE_SHIFT: u32 = 41;
 const MODE_ABSENT: u64 = 0;
@@ -231,6 +232,28 @@ impl VcpuShared {
     }
 }
 
+/// What is shared by the whole VM rather than per vCPU: today the APIC
+/// registration count (spec §5). The SVSM owns one per VM (`const`, so it
+/// can be a static) and passes it in every [`Fabric`].
+#[derive(Debug, Default)]
+pub struct VmShared {
+    registrations: RegistrationCount,
+}
+
+impl VmShared {
+    /// A VM booted with Alternate Injection: registration count 1.
+    pub const fn new() -> Self {
+        Self {
+            registrations: RegistrationCount::new(),
+        }
+    }
+
+    /// The VM-wide registration count.
+    pub fn registrations(&self) -> &RegistrationCount {
+        &self.registrations
+    }
+}
+
 /// Which slots one destination walks (see [`Fabric::for_each_target`]).
 #[derive(Clone, Copy)]
 enum Scan {
@@ -243,16 +266,24 @@ enum Scan {
     Match { first_only: bool },
 }
 
-/// The table of every vCPU's shared part, owned by the SVSM.
+/// The table of every vCPU's shared part and the VM-wide state, owned by
+/// the SVSM.
 #[derive(Clone, Copy, Debug)]
 pub struct Fabric<'a> {
     slots: &'a [VcpuShared],
+    vm: &'a VmShared,
 }
 
 impl<'a> Fabric<'a> {
-    /// Wraps the SVSM's table; slot `i` belongs to vCPU index `i`.
-    pub const fn new(slots: &'a [VcpuShared]) -> Self {
-        Self { slots }
+    /// Wraps the SVSM's table (slot `i` belongs to vCPU index `i`) and the
+    /// VM-wide state.
+    pub const fn new(slots: &'a [VcpuShared], vm: &'a VmShared) -> Self {
+        Self { slots, vm }
+    }
+
+    /// The VM-wide state.
+    pub fn vm(&self) -> &'a VmShared {
+        self.vm
     }
 
     /// The slot of vCPU `index`.

@@ -58,7 +58,7 @@ pub use counters::Counters;
 #[cfg(not(loom))]
 pub use engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 #[cfg(not(loom))]
-pub use fabric::{Fabric, VcpuShared};
+pub use fabric::{Fabric, VcpuShared, VmShared};
 #[cfg(not(loom))]
 pub use hv::{HvEvents, handle_hv};
 #[cfg(not(loom))]

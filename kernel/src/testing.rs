@@ -13,7 +13,7 @@ use doorbell::DoorbellPage;
 use vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 use crate::engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
-use crate::fabric::{Fabric, VcpuShared};
+use crate::fabric::{Fabric, VcpuShared, VmShared};
 use crate::platform::{
     DEFAULT_NOTIFICATION_VECTOR, DisableAiRequest, DoorbellRequest, GuestTimer, NoTimer, Platform,
     PlatformError,
@@ -356,6 +356,8 @@ pub struct Fixture<const N: usize> {
     pub platform: MockPlatform,
     /// The shared slots.
     pub shared: [VcpuShared; N],
+    /// The VM-wide state (registration count).
+    pub vm: VmShared,
     /// One doorbell page per vCPU.
     pub doorbells: [DoorbellPage; N],
     /// One guest VMSA per vCPU.
@@ -386,6 +388,7 @@ impl<const N: usize> Fixture<N> {
         Self {
             platform: MockPlatform::new(),
             shared: [const { VcpuShared::new() }; N],
+            vm: VmShared::new(),
             doorbells: [const { DoorbellPage::new() }; N],
             vmsas,
             caa: [const { AtomicU8::new(0) }; N],
@@ -413,7 +416,7 @@ impl<const N: usize> Fixture<N> {
 
     /// Creates vCPU `i`'s engine with `config`.
     pub fn create_with(&mut self, i: usize, config: EngineConfig) -> Result<(), Fatal> {
-        let engine = VcpuEngine::new(config, Fabric::new(&self.shared))?;
+        let engine = VcpuEngine::new(config, Fabric::new(&self.shared, &self.vm))?;
         if let Some(slot) = self.engines.get_mut(i) {
             *slot = Some(engine);
         }
@@ -439,6 +442,7 @@ impl<const N: usize> Fixture<N> {
         let Self {
             platform,
             shared,
+            vm,
             doorbells,
             vmsas,
             caa,
@@ -447,7 +451,7 @@ impl<const N: usize> Fixture<N> {
         let engine = engines.get_mut(i)?.as_mut()?;
         let env = Env {
             platform: &*platform,
-            fabric: Fabric::new(shared.as_slice()),
+            fabric: Fabric::new(shared.as_slice(), vm),
             doorbell: doorbells.get(i)?,
             caa_no_eoi: caa.get(i),
         };

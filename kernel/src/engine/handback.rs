@@ -32,6 +32,7 @@ use crate::counters::bump;
 use crate::nmi::{NmiExit, NmiVia};
 use crate::platform::{DisableAiRequest, GuestTimer, Platform};
 use crate::protocol::ResultCode;
+use crate::registration::Registration;
 
 /// IRR word 0 bits of vectors 16-30, which the descriptor cannot carry.
 const UNHANDABLE: u32 = 0x7FFF_0000;
@@ -93,7 +94,7 @@ impl VcpuEngine {
         self.mc_pending = false;
         self.nmi.take_for_hand_back();
         self.host_level.clear();
-        self.registration.complete_hand_back();
+        self.registration = Registration::HandedBack;
         // The host can inject into this VMSA again only without AI (spec §2).
         let features = vmsa.sev_features();
         if features.contains(SevFeatures::ALTERNATE_INJECTION) {

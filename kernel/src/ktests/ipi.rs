@@ -245,7 +245,8 @@ ktest::suite! {
 
     fn post_racing_with_the_hand_back_reaches_the_host() {
         let shared = [const { VcpuShared::new() }; 2];
-        let fabric = Fabric::new(&shared);
+        let vm = crate::VmShared::new();
+        let fabric = Fabric::new(&shared, &vm);
         let platform = RacingPlatform { mock: MockPlatform::new(), slot: &shared[0], vector: 0x66 };
         let doorbell = doorbell::DoorbellPage::new();
         let env = Env { platform: &platform, fabric, doorbell: &doorbell, caa_no_eoi: None };

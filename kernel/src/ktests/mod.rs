@@ -21,6 +21,7 @@ pub mod ipi;
 pub mod nmi;
 pub mod parts;
 pub mod protocol;
+pub mod registration;
 pub mod reinject;
 pub mod timer;
 
@@ -36,6 +37,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     timer::TESTS,
     host_level::TESTS,
     handback::TESTS,
+    registration::TESTS,
 ];
 
 use crate::testing::Fixture;

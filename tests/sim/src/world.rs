@@ -17,7 +17,7 @@ use core::sync::atomic::AtomicU8;
 
 use apic::LocalApic;
 use doorbell::DoorbellPage;
-use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared};
+use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared, VmShared};
 use vmsa::{EFER_SVME, RFLAGS_IF, SevFeatures, VIntrCtrl, VmsaAccess, VmsaPage};
 
 use crate::guest::Guest;
@@ -121,6 +121,8 @@ pub struct Machine {
     pub platform: SimPlatform,
     /// Every vCPU's shared slot.
     pub shared: Vec<VcpuShared>,
+    /// The VM-wide state (registration count).
+    pub vm: VmShared,
     /// One #HV doorbell page per vCPU.
     pub doorbells: Vec<DoorbellPage>,
     /// One guest VMSA per vCPU.
@@ -141,6 +143,7 @@ impl Machine {
         let Machine {
             platform,
             shared,
+            vm,
             doorbells,
             vmsas,
             caa,
@@ -150,7 +153,7 @@ impl Machine {
         let engine = engines.get_mut(i)?.as_mut()?;
         let env = Env {
             platform: &*platform,
-            fabric: Fabric::new(shared.as_slice()),
+            fabric: Fabric::new(shared.as_slice(), vm),
             doorbell: doorbells.get(i)?,
             caa_no_eoi: caa.get(i),
         };
@@ -284,6 +287,7 @@ impl Sim {
         let m = Machine {
             platform: SimPlatform::new(n),
             shared: (0..n).map(|_| VcpuShared::new()).collect(),
+            vm: VmShared::new(),
             doorbells: (0..n).map(|_| DoorbellPage::new()).collect(),
             vmsas,
             caa: (0..n).map(|_| AtomicU8::new(0)).collect(),
@@ -485,18 +489,19 @@ impl Sim {
     /// Creates vCPU `i`'s engine (its VMSA is made) and starts it.
     fn create_vcpu(&mut self, i: usize) {
         let config = engine_config(i);
-        let created = match VcpuEngine::new(config, Fabric::new(self.m.shared.as_slice())) {
-            Ok(engine) => {
-                if let Some(slot) = self.m.engines.get_mut(i) {
-                    *slot = Some(engine);
+        let created =
+            match VcpuEngine::new(config, Fabric::new(self.m.shared.as_slice(), &self.m.vm)) {
+                Ok(engine) => {
+                    if let Some(slot) = self.m.engines.get_mut(i) {
+                        *slot = Some(engine);
+                    }
+                    true
                 }
-                true
-            }
-            Err(fatal) => {
-                self.violation(i, format!("engine creation failed: {fatal:?}"));
-                false
-            }
-        };
+                Err(fatal) => {
+                    self.violation(i, format!("engine creation failed: {fatal:?}"));
+                    false
+                }
+            };
         let now = self.now;
         if created {
             self.stats.vcpus_created = self.stats.vcpus_created.saturating_add(1);
