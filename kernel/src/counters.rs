@@ -44,7 +44,8 @@ pub struct Counters {
     pub host_vectors_accepted: u64,
     /// Level-triggered host vectors whose EOI went to the host (specific EOI).
     pub host_level_eois: u64,
-    /// Guest ICR writes refused (INIT, SIPI, SMI, ExtINT, lowest priority; spec §6).
+    /// Guest ICR writes accepted and dropped: INIT, SIPI, SMI and the
+    /// reserved modes 011/111 (spec §6; the name predates that rule).
     pub icrs_refused: u64,
     /// IPIs sent by the guest (one per ICR write that was routed).
     pub ipis_sent: u64,

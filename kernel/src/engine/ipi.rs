@@ -1,7 +1,7 @@
 //! Guest IPIs: routing an ICR write over the fabric, posting, kicking,
 //! retrying failed kicks and forwarding to handed-back vCPUs (spec §6).
 
-use apic::{DeliveryMode, Ipi, Trigger};
+use apic::{ApicMode, DeliveryMode, Destination, Ipi, Trigger};
 
 use super::{Env, VcpuEngine, rare};
 use crate::counters::bump;
@@ -11,7 +11,10 @@ use crate::platform::{Platform, forward_icr, notification_icr};
 use crate::protocol::ResultCode;
 
 impl VcpuEngine {
-    /// Routes a guest IPI over every vCPU (spec §6 refusals included).
+    /// Routes a guest IPI over every vCPU (spec §6): fixed and NMI to every
+    /// target, lowest priority as fixed to exactly one target; INIT, SIPI,
+    /// SMI and the reserved modes 011/111 are accepted (the ICR keeps the
+    /// value) and dropped, counted and logged, never a #GP (TDX's rule).
     pub fn send_ipi<P: Platform + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
@@ -20,25 +23,73 @@ impl VcpuEngine {
         let nmi = match ipi.mode {
             DeliveryMode::Fixed => false,
             DeliveryMode::Nmi => true,
-            refused => {
-                // INIT / SIPI / SMI / ExtINT / lowest priority are not
-                // delivered through the guest ICR (spec §6, as TDX does).
-                bump(&mut self.counters.icrs_refused);
-                if rare(self.counters.icrs_refused) {
-                    log::warn!(
-                        "vCPU {}: guest ICR with delivery mode {:?} refused (spec §6; {} so far)",
-                        self.index,
-                        refused,
-                        self.counters.icrs_refused
-                    );
-                }
-                return Err(ResultCode::InvalidParameter);
+            DeliveryMode::LowestPriority => {
+                self.send_lowest_priority(env, ipi);
+                return Ok(());
+            }
+            dropped => {
+                self.drop_icr(dropped);
+                return Ok(());
             }
         };
+        self.route(env, ipi.source, &ipi.destination, ipi.vector, nmi);
+        Ok(())
+    }
+
+    /// An ICR delivery mode the guest may not use (spec §6): dropped.
+    #[cold]
+    #[inline(never)]
+    fn drop_icr(&mut self, mode: DeliveryMode) {
+        bump(&mut self.counters.icrs_refused);
+        if rare(self.counters.icrs_refused) {
+            log::warn!(
+                "vCPU {}: guest ICR with delivery mode {:?} dropped (spec §6; {} so far)",
+                self.index,
+                mode,
+                self.counters.icrs_refused
+            );
+        }
+    }
+
+    /// Lowest priority (spec §6 choice): delivered as fixed to exactly one
+    /// of the matching targets, the one with the lowest APIC ID (KVM also
+    /// picks a single target; task priorities are not compared).
+    #[cold]
+    #[inline(never)]
+    fn send_lowest_priority<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, ipi: &Ipi) {
+        let me = self.index();
+        let mut lowest: Option<(u32, usize)> = None;
+        env.fabric
+            .for_each_target(me, ipi.source, &ipi.destination, |index, slot| {
+                let id = slot.address().map_or(u32::MAX, |a| a.id);
+                if lowest.is_none_or(|(best, _)| id < best) {
+                    lowest = Some((id, index));
+                }
+            });
+        let destination = match lowest {
+            None => return bump(&mut self.counters.ipis_sent),
+            Some((_, index)) if index == me => Destination::ToSelf,
+            Some((id, _)) => Destination::Physical {
+                id,
+                x2apic: self.apic.mode() == ApicMode::X2Apic,
+            },
+        };
+        self.route(env, ipi.source, &destination, ipi.vector, false);
+    }
+
+    /// Delivers `vector` (or an NMI) to every target of `destination`.
+    #[inline]
+    fn route<P: Platform + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        source: u32,
+        destination: &Destination,
+        vector: u8,
+        nmi: bool,
+    ) {
         bump(&mut self.counters.ipis_sent);
         let me = self.index();
         let mut to_self = false;
-        let vector = ipi.vector;
         let notification = self.notification_vector;
         // Local tallies, and no `self` in the closure: counters bumped in
         // memory per target would be reloaded and stored around every
@@ -73,12 +124,12 @@ impl VcpuEngine {
             }
         };
         env.fabric
-            .for_each_target(me, ipi.source, &ipi.destination, per_target);
+            .for_each_target(me, source, destination, per_target);
         if to_self {
             if nmi {
                 self.request_nmi();
             } else {
-                let _ = self.apic.request(ipi.vector, Trigger::Edge);
+                let _ = self.apic.request(vector, Trigger::Edge);
             }
         }
         let c = &mut self.counters;
@@ -89,7 +140,6 @@ impl VcpuEngine {
         if rare_paths.any {
             self.count_ipi(&rare_paths);
         }
-        Ok(())
     }
 
     /// Adds the tallies of the rare outcomes (and of the kicks and posts
