@@ -261,6 +261,9 @@ pub struct Sim {
     /// call completed, as (target, vector, NMI): each IPI the guest sent to
     /// a handed-back vCPU must be among them (`credit_ipi`).
     pub forwarded: Vec<(usize, u8, bool)>,
+    /// The VM-wide APIC registration count the guests expect (spec §5:
+    /// one per VM, starting at 1).
+    pub vm_registrations: u32,
 }
 
 impl Sim {
@@ -374,6 +377,7 @@ impl Sim {
             trace,
             effect_buf: Vec::with_capacity(256),
             forwarded: Vec::new(),
+            vm_registrations: 1,
         }
     }
 
