@@ -81,6 +81,8 @@ const MC_VECTOR: u8 = 18;
 /// x2APIC MSR range (Intel SDM vol. 3A §11.12.1.2).
 const X2APIC_FIRST: u64 = 0x800;
 const X2APIC_LAST: u64 = 0x8FF;
+/// Spurious-interrupt vector register (x2APIC MSR; xAPIC offset 0xF0).
+const SVR: u32 = 0x80F;
 
 /// How one vCPU's engine is set up.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -532,7 +534,10 @@ impl VcpuEngine {
             None if irr.is_empty() => isr.highest().filter(|&h| only(isr, h)),
             None => None,
         };
-        let safe = lone.is_some_and(|v| !self.apic.tmr().contains(v));
+        // A host level vector is never skipped lazily, even when an edge
+        // request of it cleared its TMR bit: the host waits for its EOI.
+        let safe =
+            lone.is_some_and(|v| !self.apic.tmr().contains(v) && !self.host_level.contains(v));
         byte.store(u8::from(safe), Ordering::Release);
         self.lazy_eoi_armed = safe;
     }
@@ -973,6 +978,11 @@ impl VcpuEngine {
             X2APIC_FIRST..=X2APIC_LAST => {
                 // Lossless: at most 0x8FF.
                 let msr32 = msr as u32;
+                if msr32 == SVR {
+                    // A software disable masks the LVT timer: an expiry
+                    // already due must reach IRR first (it stays there).
+                    self.poll_timer_now(env);
+                }
                 match self.apic.mode() {
                     ApicMode::XApic => {
                         let value32 =

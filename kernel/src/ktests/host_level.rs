@@ -46,4 +46,17 @@ ktest::suite! {
         assert!(f.platform.specific_eois.contains((u64::from(VMPL) << 16) | 0x61));
         assert!(f.engine(0).unwrap().host_level().set().is_empty());
     }
+
+    fn lazy_eoi_is_not_offered_for_a_host_level_vector_after_an_edge_request() {
+        let mut f = one_vcpu();
+        f.doorbell(0).unwrap().host().post_level(VMPL, 0x41).unwrap();
+        // IF clear: 0x41 waits in IRR; an edge request of it clears TMR.
+        f.vmsa(0).unwrap().set_rflags(2);
+        f.cycle(0, GuestRun { open_window: false, ..GuestRun::NORMAL }).unwrap();
+        f.write_msr(0, SELF_IPI, 0x41).unwrap();
+        f.vmsa(0).unwrap().set_rflags(vmsa::RFLAGS_IF);
+        f.before_run(0).unwrap();
+        // The host waits for this EOI: it must not be skipped lazily.
+        assert_eq!(f.caa[0].load(core::sync::atomic::Ordering::Acquire), 0);
+    }
 }

@@ -50,4 +50,18 @@ ktest::suite! {
         f.before_run(0).unwrap();
         assert_eq!(f.vmsa(0).unwrap().event_inj(), EventInj::external_interrupt(0xEF));
     }
+
+    fn software_disable_keeps_a_due_timer_expiry() {
+        let mut f = one_vcpu();
+        f.write_msr(0, 0x83E, 0xB).unwrap(); // divide by 1
+        f.write_msr(0, LVT_TIMER, 0xEF).unwrap(); // one-shot, vector 0xEF
+        f.write_msr(0, 0x838, 1000).unwrap();
+        // The expiry is due; before any poll the guest software-disables
+        // its APIC (which masks every LVT): IRR keeps what was pending.
+        f.platform.set_now(1000);
+        f.write_msr(0, 0x80F, 0xFF).unwrap();
+        let e = f.engine(0).unwrap();
+        assert!(e.apic().irr().contains(0xEF));
+        assert_eq!(e.counters().timer_fires, 1);
+    }
 }
