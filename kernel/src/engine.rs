@@ -7,6 +7,7 @@
 //! in the vCPU's [`VcpuShared`] slot of the [`Fabric`].
 //!
 //! # Before each run ([`VcpuEngine::before_run`])
+//! 0. Test-and-set BUSY, every time, before any VMSA write (spec §2).
 //! 1. Collect: the guest VMPL's doorbell descriptor (host vectors through
 //!    the CONFIGURE_VECTOR filter, vectors 0-30 rejected; level vectors
 //!    recorded for their specific EOI; NMI; #MC), the mailbox (cross-vCPU
@@ -24,6 +25,11 @@
 //!    when after this delivery exactly one vector is in service, it is edge,
 //!    and nothing else is pending; otherwise it is set to 0.
 //! 4. V_TPR = APIC TPR class; BUSY cleared last.
+//!
+//! Between `before_run` and Run VMPL the SVSM may ask
+//! [`VcpuEngine::work_pending`] whether anything arrived since the collect.
+//! IPI routing, the timer and the hand-back live in `engine/ipi.rs`,
+//! `engine/timer.rs` and `engine/handback.rs`.
 //!
 //! # After each exit ([`VcpuEngine::after_exit`])
 //! Test-and-set BUSY; recall what was not delivered (EVENTINJ still valid:
