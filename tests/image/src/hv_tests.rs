@@ -399,6 +399,9 @@ ktest::suite! {
         let Fixture {
             platform,
             shared,
+            // The engine calls below use the static `VM` (no registration
+            // calls here).
+            vm: _,
             doorbells,
             vmsas,
             caa,
