@@ -79,4 +79,17 @@ ktest::suite! {
         }
         assert_eq!(f.platform.disable_ai.count(), 1);
     }
+
+    fn failed_hand_back_is_retried_by_the_next_deregister() {
+        let mut f = four_vcpus();
+        f.platform.fail_disable_ai.store(true, core::sync::atomic::Ordering::Release);
+        assert_eq!(configure(&mut f, 0, configure::DEREGISTER).code, ResultCode::InvalidRequest);
+        // Still emulated; the count stays 0, so register is refused.
+        assert!(f.shared[0].present());
+        assert_eq!(configure(&mut f, 1, configure::REGISTER).code, ResultCode::CannotRegister);
+        f.platform.fail_disable_ai.store(false, core::sync::atomic::Ordering::Release);
+        let r = configure(&mut f, 0, configure::DEREGISTER);
+        assert_eq!((r.code, r.rcx), (ResultCode::Success, Some(0)));
+        assert!(!f.shared[0].present() && f.shared[1].present());
+    }
 }
