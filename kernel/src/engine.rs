@@ -663,11 +663,15 @@ impl VcpuEngine {
 
         // EXITINTINFO: the delivery the exit interrupted happens again,
         // exactly once, through EVENTINJ.
+        // EVENTINJ still valid: VMRUN never entered the guest, so nothing
+        // can have been interrupted; an EXITINTINFO then is forged (it would
+        // displace the event kept in EVENTINJ).
+        let entered = run.undelivered_event.is_none();
         if exit.is_some() {
             match rules::reinject_exit_int_info(vmsa) {
                 Reinjection::None => {}
                 Reinjection::Reinjected { event, .. }
-                    if exit_event::may_reinject(event, &taken) =>
+                    if entered && exit_event::may_reinject(event, &taken) =>
                 {
                     bump(&mut self.counters.reinjected);
                     let owner = self.classify_reinjected(event);
@@ -680,7 +684,12 @@ impl VcpuEngine {
                     // Not ours to deliver: take it out of EVENTINJ again
                     // (empty before: `take_undelivered` cleared it).
                     vmsa.set_event_inj(EventInj::new());
-                    self.drop_exit_event(event, "not presented by the engine");
+                    let why = if entered {
+                        "not presented by the engine"
+                    } else {
+                        "the run never entered the guest"
+                    };
+                    self.drop_exit_event(event, why);
                 }
                 Reinjection::GuestReexecutes(_) => {}
                 Reinjection::Rejected(event) => self.drop_exit_event(event, "malformed"),

@@ -213,4 +213,31 @@ ktest::suite! {
         let e = f.engine(0).unwrap();
         assert!(e.apic().isr().is_empty() && e.apic().irr().is_empty());
     }
+
+    fn exit_int_info_of_a_run_that_never_entered_the_guest_is_dropped() {
+        let mut f = one_vcpu();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        // 0x41 re-injected (ISR, EVENTINJ), a second 0x41 pending in IRR.
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
+        hw_run(vmsa, GuestRun { interrupt_delivery: true, exit: ExitCode::NPF, ..GuestRun::NORMAL });
+        f.after_exit(0).unwrap();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        f.before_run(0).unwrap();
+        // VMRUN fails (EVENTINJ untouched), yet the host claims a #PF was
+        // being delivered.
+        let vmsa = f.vmsa(0).unwrap();
+        vmsa.set_exit_code(ExitCode::BUSY);
+        vmsa.set_exit_int_info(EventInj::exception(14, Some(0)));
+        f.after_exit(0).unwrap();
+        assert_eq!(forged(&f), 1);
+        // Both instances of 0x41 still reach the guest, one after the other.
+        for _ in 0..2 {
+            let d = f.cycle(0, GuestRun::NORMAL).unwrap();
+            assert!(is_intr(d.event, 0x41));
+            f.write_msr(0, 0x80B, 0).unwrap();
+        }
+        let e = f.engine(0).unwrap();
+        assert!(e.apic().isr().is_empty() && e.apic().irr().is_empty());
+    }
 }
