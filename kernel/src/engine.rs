@@ -663,10 +663,12 @@ impl VcpuEngine {
 
         // EXITINTINFO: the delivery the exit interrupted happens again,
         // exactly once, through EVENTINJ.
-        // EVENTINJ still valid: VMRUN never entered the guest, so nothing
-        // can have been interrupted; an EXITINTINFO then is forged (it would
-        // displace the event kept in EVENTINJ).
-        let entered = run.undelivered_event.is_none();
+        // EVENTINJ still valid: VMRUN never entered the guest; or an exit no
+        // event delivery can be in progress at (see `exit_event`): nothing
+        // was interrupted, so an EXITINTINFO is forged (re-injecting it
+        // would duplicate an event or displace the one kept in EVENTINJ).
+        let entered =
+            run.undelivered_event.is_none() && exit.is_some_and(exit_event::may_interrupt_delivery);
         if exit.is_some() {
             match rules::reinject_exit_int_info(vmsa) {
                 Reinjection::None => {}
@@ -687,7 +689,7 @@ impl VcpuEngine {
                     let why = if entered {
                         "not presented by the engine"
                     } else {
-                        "the run never entered the guest"
+                        "no delivery can have been interrupted"
                     };
                     self.drop_exit_event(event, why);
                 }

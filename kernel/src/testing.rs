@@ -263,7 +263,9 @@ pub struct GuestRun {
     /// The exit code the run ends with.
     pub exit: ExitCode,
     /// The exit happens while EVENTINJ is being delivered: the event lands
-    /// in EXITINTINFO instead of the guest.
+    /// in EXITINTINFO instead of the guest, and the exit is the nested page
+    /// fault that cut the delivery (`ExitCode::NPF` replaces `exit`: an
+    /// instruction intercept cannot interrupt a delivery).
     pub interrupt_delivery: bool,
     /// The guest opens its window for a queued V_IRQ / V_NMI during the run.
     pub open_window: bool,
@@ -315,10 +317,12 @@ pub fn hw_run<V: VmsaAccess + ?Sized>(vmsa: &mut V, run: GuestRun) -> HwDelivery
         vmsa.set_vintr_ctrl(ctrl.with_v_nmi_mask(false));
     }
     let ev = vmsa.event_inj();
+    let mut exit = run.exit;
     if ev.valid() {
         vmsa.set_event_inj(EventInj::new());
         if run.interrupt_delivery {
             vmsa.set_exit_int_info(ev);
+            exit = ExitCode::NPF;
         } else {
             out.event = Some(ev);
         }
@@ -341,7 +345,7 @@ pub fn hw_run<V: VmsaAccess + ?Sized>(vmsa: &mut V, run: GuestRun) -> HwDelivery
     // Hardware does not touch V_INTR_VECTOR on exit; the interrupt shadow
     // ends with the run.
     vmsa.set_vintr_ctrl(ctrl.with_int_shadow(false));
-    vmsa.set_exit_code(run.exit);
+    vmsa.set_exit_code(exit);
     out
 }
 

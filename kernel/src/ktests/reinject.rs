@@ -240,4 +240,19 @@ ktest::suite! {
         let e = f.engine(0).unwrap();
         assert!(e.apic().isr().is_empty() && e.apic().irr().is_empty());
     }
+
+    fn exit_int_info_on_an_instruction_exit_is_dropped() {
+        let mut f = one_vcpu();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        // 0x41 is delivered; the exit is the guest's VMGEXIT, an instruction
+        // intercept, yet EXITINTINFO claims 0x41 was being delivered.
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
+        let d = hw_run(vmsa, GuestRun::NORMAL);
+        assert!(is_intr(d.event, 0x41));
+        vmsa.set_exit_int_info(EventInj::external_interrupt(0x41));
+        f.after_exit(0).unwrap();
+        assert!(!f.vmsa(0).unwrap().event_inj().valid());
+        assert_eq!(forged(&f), 1);
+    }
 }
