@@ -115,7 +115,8 @@ fn benches(c: &mut Criterion) {
 
     let platform = NullPlatform;
     let slots: Vec<VcpuShared> = (0..512).map(|_| VcpuShared::new()).collect();
-    let fabric = Fabric::new(&slots);
+    let vm = kernel::VmShared::new();
+    let fabric = Fabric::new(&slots, &vm);
     let doorbell = Box::new(DoorbellPage::new());
     let caa = AtomicU8::new(0);
     let env = Env {

@@ -44,7 +44,8 @@ pub struct Counters {
     pub host_vectors_accepted: u64,
     /// Level-triggered host vectors whose EOI went to the host (specific EOI).
     pub host_level_eois: u64,
-    /// Guest ICR writes refused (INIT, SIPI, SMI, ExtINT, lowest priority; spec §6).
+    /// Guest ICR writes accepted and dropped: INIT, SIPI, SMI and the
+    /// reserved modes 011/111 (spec §6; the name predates that rule).
     pub icrs_refused: u64,
     /// IPIs sent by the guest (one per ICR write that was routed).
     pub ipis_sent: u64,
@@ -58,6 +59,12 @@ pub struct Counters {
     pub busy_repairs: u64,
     /// APIC timer expiries injected.
     pub timer_fires: u64,
+    /// Platform timer fires that came before the APIC deadline: the
+    /// one-shot timer was re-armed for it.
+    pub timer_early: u64,
+    /// Pending vectors 16-30 dropped at the hand-back: the descriptor has
+    /// no place for them (spec §3, §6); each is also logged.
+    pub handback_vectors_lost: u64,
     /// GHCB calls the hypervisor failed.
     pub platform_errors: u64,
     /// #HV entries with nothing to do.

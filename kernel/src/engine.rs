@@ -7,6 +7,7 @@
 //! in the vCPU's [`VcpuShared`] slot of the [`Fabric`].
 //!
 //! # Before each run ([`VcpuEngine::before_run`])
+//! 0. Test-and-set BUSY, every time, before any VMSA write (spec §2).
 //! 1. Collect: the guest VMPL's doorbell descriptor (host vectors through
 //!    the CONFIGURE_VECTOR filter, vectors 0-30 rejected; level vectors
 //!    recorded for their specific EOI; NMI; #MC), the mailbox (cross-vCPU
@@ -24,6 +25,11 @@
 //!    when after this delivery exactly one vector is in service, it is edge,
 //!    and nothing else is pending; otherwise it is set to 0.
 //! 4. V_TPR = APIC TPR class; BUSY cleared last.
+//!
+//! Between `before_run` and Run VMPL the SVSM may ask
+//! [`VcpuEngine::work_pending`] whether anything arrived since the collect.
+//! IPI routing, the timer and the hand-back live in `engine/ipi.rs`,
+//! `engine/timer.rs` and `engine/handback.rs`.
 //!
 //! # After each exit ([`VcpuEngine::after_exit`])
 //! Test-and-set BUSY; recall what was not delivered (EVENTINJ still valid:
@@ -48,22 +54,23 @@
 //! being re-injected is reported as [`Fatal::NestedMachineCheck`] (on
 //! hardware a #MC during #MC delivery shuts the CPU down), never a panic.
 
+mod handback;
+mod ipi;
+mod timer;
+
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use apic::{
-    ApicConfig, ApicMode, DeliveryMode, Ipi, LocalApic, RequestOutcome, Trigger, WriteEffect,
-};
-use doorbell::{DoorbellPage, HandoffState, PendingInterrupts};
+use apic::{ApicConfig, ApicMode, LocalApic, RequestOutcome, Trigger, WriteEffect};
+use doorbell::{Descriptor, DescriptorStatus, DoorbellPage, PendingInterrupts};
 use vmsa::rules::{self, Reinjection, VirqOutcome};
-use vmsa::{EventInj, EventType, ExitKind, RFLAGS_IF, VIntrCtrl, VmsaAccess};
+use vmsa::{EventInj, EventType, ExitKind, RFLAGS_IF, VmsaAccess};
 
 use crate::counters::{Counters, bump};
 use crate::exit_event::{self, Presented};
 use crate::fabric::{Fabric, VcpuShared, pack_address};
 use crate::level::HostLevel;
-use crate::mailbox::{Post, PostBits};
 use crate::nmi::{NmiExit, NmiState, NmiVia};
-use crate::platform::{DisableAiRequest, Platform, forward_icr, notification_icr};
+use crate::platform::Platform;
 use crate::protocol::{
     ApicCall, CallRegs, CallResult, ResultCode, configure_vector, feature, register_error,
 };
@@ -80,6 +87,8 @@ const MC_VECTOR: u8 = 18;
 /// x2APIC MSR range (Intel SDM vol. 3A §11.12.1.2).
 const X2APIC_FIRST: u64 = 0x800;
 const X2APIC_LAST: u64 = 0x8FF;
+/// Spurious-interrupt vector register (x2APIC MSR; xAPIC offset 0xF0).
+const SVR: u32 = 0x80F;
 
 /// How one vCPU's engine is set up.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -298,10 +307,13 @@ impl VcpuEngine {
             return Err(fatal);
         }
         let slot = self.slot(env).ok_or(Fatal::NoSlot)?;
+        // BUSY before the first VMSA write, every time (spec §2): a VMSA the
+        // SVSM has not claimed yet (first run, or BUSY cleared by anyone
+        // else) may be runnable on another CPU.
+        vmsa.test_and_set_busy();
         if self.in_flight {
             // Called twice without a run: take back what the first call
             // presented, exactly as after a failed VMRUN.
-            vmsa.test_and_set_busy();
             self.resolve_exit(env, vmsa, None);
         }
         if !self.registration.emulating() {
@@ -322,6 +334,27 @@ impl VcpuEngine {
         slot.set_running(true);
         vmsa.clear_busy();
         Ok(())
+    }
+
+    /// Whether anything arrived since `before_run` collected: a post in
+    /// the mailbox (a kick), a host post in the guest VMPL's descriptor or
+    /// a platform timer fire ([`VcpuShared::note_timer_fired`]). A few
+    /// atomic loads, no GHCB call: the run loop checks it between
+    /// `before_run` and Run VMPL with VMPL0 interrupts disabled and calls
+    /// `before_run` again when it is true (`docs/integration.md`).
+    pub fn work_pending<P: ?Sized>(&self, env: &Env<'_, P>) -> bool {
+        if !self.registration.emulating() {
+            return false;
+        }
+        let Some(slot) = self.slot(env) else {
+            return false;
+        };
+        slot.mailbox().outstanding()
+            || slot.timer_fire_noted()
+            || env
+                .doorbell
+                .descriptor(self.guest_vmpl)
+                .is_ok_and(has_host_posts)
     }
 
     /// Takes everything pending for this vCPU into the APIC / NMI state.
@@ -350,17 +383,7 @@ impl VcpuEngine {
                 self.request_nmi();
             }
         }
-        if let Some(deadline) = self.apic.next_timer_deadline() {
-            let now = env.platform.now();
-            if now >= deadline {
-                if self.apic.poll_timer(now) {
-                    bump(&mut self.counters.timer_fires);
-                }
-                self.rearm_timer(env);
-            } else if self.timer_armed != Some(deadline) {
-                self.rearm_timer(env);
-            }
-        }
+        self.collect_timer(env, slot);
         Ok(())
     }
 
@@ -517,7 +540,10 @@ impl VcpuEngine {
             None if irr.is_empty() => isr.highest().filter(|&h| only(isr, h)),
             None => None,
         };
-        let safe = lone.is_some_and(|v| !self.apic.tmr().contains(v));
+        // A host level vector is never skipped lazily, even when an edge
+        // request of it cleared its TMR bit: the host waits for its EOI.
+        let safe =
+            lone.is_some_and(|v| !self.apic.tmr().contains(v) && !self.host_level.contains(v));
         byte.store(u8::from(safe), Ordering::Release);
         self.lazy_eoi_armed = safe;
     }
@@ -607,13 +633,17 @@ impl VcpuEngine {
         let mut nmi_outcome = None;
         let mut keep = None;
         match (presented, run.undelivered_event) {
-            (Some(InEventInj::Apic(v)), Some(_)) => {
-                self.recall(v);
+            (Some(InEventInj::Apic(v)), Some(ev)) => {
                 bump(&mut self.counters.recalled);
+                if !self.recall(v) {
+                    keep = Some((ev, InEventInj::Apic(v)));
+                }
             }
             (Some(InEventInj::Nmi), Some(_)) => nmi_outcome = Some(NmiExit::NotDelivered),
             (Some(InEventInj::MachineCheck), Some(_)) => self.mc_pending = true,
-            (Some(InEventInj::Other(_)), Some(ev)) | (None, Some(ev)) => keep = Some(ev),
+            (Some(InEventInj::Other(_)), Some(ev)) | (None, Some(ev)) => {
+                keep = Some((ev, InEventInj::Other(ev)));
+            }
             (Some(InEventInj::Nmi), None) => {
                 taken.nmi = true;
                 nmi_outcome = Some(NmiExit::Taken);
@@ -633,11 +663,17 @@ impl VcpuEngine {
 
         // EXITINTINFO: the delivery the exit interrupted happens again,
         // exactly once, through EVENTINJ.
+        // EVENTINJ still valid: VMRUN never entered the guest; or an exit no
+        // event delivery can be in progress at (see `exit_event`): nothing
+        // was interrupted, so an EXITINTINFO is forged (re-injecting it
+        // would duplicate an event or displace the one kept in EVENTINJ).
+        let entered =
+            run.undelivered_event.is_none() && exit.is_some_and(exit_event::may_interrupt_delivery);
         if exit.is_some() {
             match rules::reinject_exit_int_info(vmsa) {
                 Reinjection::None => {}
                 Reinjection::Reinjected { event, .. }
-                    if exit_event::may_reinject(event, &taken) =>
+                    if entered && exit_event::may_reinject(event, &taken) =>
                 {
                     bump(&mut self.counters.reinjected);
                     let owner = self.classify_reinjected(event);
@@ -650,13 +686,18 @@ impl VcpuEngine {
                     // Not ours to deliver: take it out of EVENTINJ again
                     // (empty before: `take_undelivered` cleared it).
                     vmsa.set_event_inj(EventInj::new());
-                    self.drop_exit_event(event, "not presented by the engine");
+                    let why = if entered {
+                        "not presented by the engine"
+                    } else {
+                        "no delivery can have been interrupted"
+                    };
+                    self.drop_exit_event(event, why);
                 }
                 Reinjection::GuestReexecutes(_) => {}
                 Reinjection::Rejected(event) => self.drop_exit_event(event, "malformed"),
             }
         }
-        if let Some(ev) = keep {
+        if let Some((ev, owner)) = keep {
             if vmsa.event_inj().valid() {
                 log::warn!(
                     "vCPU {}: undelivered event {:#x} displaced",
@@ -665,7 +706,7 @@ impl VcpuEngine {
                 );
             } else {
                 vmsa.set_event_inj(ev);
-                self.eventinj = Some(InEventInj::Other(ev));
+                self.eventinj = Some(owner);
             }
         }
 
@@ -702,9 +743,15 @@ impl VcpuEngine {
 
     /// A presented vector was not delivered: back to IRR, out of ISR. If
     /// the guest retired it meanwhile (an EOI for an interrupt it had not
-    /// received yet), it is still owed, so it is requested again.
-    fn recall(&mut self, vector: u8) {
+    /// received yet), it is still owed, so it is requested again. False
+    /// when a second instance is already pending in IRR: the APIC holds one
+    /// instance in IRR and one in ISR (spec §6), so moving this one would
+    /// merge the two; it stays in ISR and the caller keeps it in EVENTINJ.
+    fn recall(&mut self, vector: u8) -> bool {
         if self.apic.isr().contains(vector) {
+            if self.apic.irr().contains(vector) {
+                return false;
+            }
             self.apic.unacknowledge(vector);
         } else {
             let trigger = if self.apic.tmr().contains(vector) {
@@ -714,6 +761,7 @@ impl VcpuEngine {
             };
             let _ = self.apic.request(vector, trigger);
         }
+        true
     }
 
     /// Counts (and rarely logs) an EXITINTINFO event that is not re-injected.
@@ -754,12 +802,24 @@ impl VcpuEngine {
         // With EOI-broadcast suppression (SVR bit 12) the guest EOIs the
         // (host's) IOAPIC itself, so the host must not get a second EOI
         // (Intel SDM vol. 3A §11.8.5).
-        if info.level
-            && self.host_level.complete(info.vector)
-            && !self.apic.eoi_broadcast_suppressed()
-        {
+        // Gated on the engine's own record, not the guest-visible TMR: an
+        // edge request of the same vector clears TMR (Intel SDM vol. 3A
+        // §11.8.4), yet the host line still waits for exactly one EOI.
+        if self.host_level.complete(info.vector) && !self.apic.eoi_broadcast_suppressed() {
             self.host_eoi(env, info.vector);
         }
+    }
+
+    /// APIC_BASE EN = 0 cleared IRR, ISR and TMR (and the timer): every
+    /// host level vector still outstanding gets its specific EOI now, since
+    /// no guest EOI will ever retire it (Intel SDM vol. 3A §11.4.3).
+    fn apic_disabled<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) {
+        let outstanding = *self.host_level.set();
+        self.host_level.clear();
+        for vector in outstanding.iter() {
+            self.host_eoi(env, vector);
+        }
+        self.rearm_timer(env);
     }
 
     fn host_eoi<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, vector: u8) {
@@ -784,6 +844,10 @@ impl VcpuEngine {
             WriteEffect::Eoi(info) => self.eoi_done(env, *info),
             WriteEffect::SendIpi(ipi) => return self.send_ipi(env, ipi),
             WriteEffect::TimerChanged => self.rearm_timer(env),
+            WriteEffect::ModeChanged(ApicMode::Disabled) => {
+                self.apic_disabled(env);
+                self.publish(env);
+            }
             WriteEffect::ModeChanged(_) | WriteEffect::AddressChanged => self.publish(env),
             WriteEffect::None => {}
         }
@@ -799,192 +863,6 @@ impl VcpuEngine {
         }
     }
 
-    /// Routes a guest IPI over every vCPU (spec §6 refusals included).
-    pub fn send_ipi<P: Platform + ?Sized>(
-        &mut self,
-        env: &Env<'_, P>,
-        ipi: &Ipi,
-    ) -> Result<(), ResultCode> {
-        let nmi = match ipi.mode {
-            DeliveryMode::Fixed => false,
-            DeliveryMode::Nmi => true,
-            refused => {
-                // INIT / SIPI / SMI / ExtINT / lowest priority are not
-                // delivered through the guest ICR (spec §6, as TDX does).
-                bump(&mut self.counters.icrs_refused);
-                if rare(self.counters.icrs_refused) {
-                    log::warn!(
-                        "vCPU {}: guest ICR with delivery mode {:?} refused (spec §6; {} so far)",
-                        self.index,
-                        refused,
-                        self.counters.icrs_refused
-                    );
-                }
-                return Err(ResultCode::InvalidParameter);
-            }
-        };
-        bump(&mut self.counters.ipis_sent);
-        let me = self.index();
-        let mut to_self = false;
-        let vector = ipi.vector;
-        let notification = self.notification_vector;
-        // Local tallies, and no `self` in the closure: counters bumped in
-        // memory per target would be reloaded and stored around every
-        // atomic (a broadcast to 511).
-        let mut kicks = 0u32;
-        let mut suppressed = 0u32;
-        // Failed kicks, retries, forwards: rare, kept out of line.
-        let mut rare_paths = IpiTally::default();
-        // Computed once; keeps the per-target closure small enough for
-        // LLVM to inline it into the fabric's walk (a call per target costs
-        // about 4 ns in a broadcast to 511).
-        let bits = if nmi {
-            Some(PostBits::NMI)
-        } else {
-            PostBits::vector(vector)
-        };
-        let per_target = |index: usize, slot: &VcpuShared| {
-            if index == me {
-                to_self = true;
-                return;
-            }
-            let post = match bits {
-                Some(bits) => slot.mailbox().post_bits(bits),
-                None => Post::Covered,
-            };
-            match post {
-                Post::Kick if try_kick(env.platform, slot, notification) => {
-                    kicks = kicks.wrapping_add(1);
-                }
-                Post::Covered => suppressed = suppressed.wrapping_add(1),
-                other => rare_paths.rare_post(other, env.platform, slot, notification, vector, nmi),
-            }
-        };
-        env.fabric
-            .for_each_target(me, ipi.source, &ipi.destination, per_target);
-        if to_self {
-            if nmi {
-                self.request_nmi();
-            } else {
-                let _ = self.apic.request(ipi.vector, Trigger::Edge);
-            }
-        }
-        let c = &mut self.counters;
-        c.kicks_sent = c.kicks_sent.saturating_add(u64::from(kicks));
-        c.kicks_suppressed = c.kicks_suppressed.saturating_add(u64::from(suppressed));
-        // One flag, not the fields: a wide load of fields just stored one
-        // by one would stall on store forwarding.
-        if rare_paths.any {
-            self.count_ipi(&rare_paths);
-        }
-        Ok(())
-    }
-
-    /// Adds the tallies of the rare outcomes (and of the kicks and posts
-    /// they include) to the counters; failed kicks schedule the retry sweep;
-    /// failures are logged, rate-limited.
-    #[cold]
-    #[inline(never)]
-    fn count_ipi(&mut self, t: &IpiTally) {
-        let c = &mut self.counters;
-        let add = |counter: &mut u64, n: u32| *counter = counter.saturating_add(u64::from(n));
-        add(&mut c.kicks_sent, t.kicks);
-        add(&mut c.kicks_suppressed, t.suppressed);
-        add(&mut c.kick_retries, t.retries);
-        add(&mut c.ipis_forwarded, t.forwarded);
-        if t.kick_failed == 0 && t.forward_failed == 0 {
-            return;
-        }
-        if t.kick_failed != 0 {
-            self.kick_retry = true;
-        }
-        let before = c.platform_errors;
-        add(
-            &mut c.platform_errors,
-            t.kick_failed.wrapping_add(t.forward_failed),
-        );
-        // Log when the count crossed a power of two.
-        if before.checked_ilog2() != c.platform_errors.checked_ilog2() {
-            log::warn!(
-                "vCPU {}: #HV IPI failed: {} kicks (retried later), {} IPIs to handed-back vCPUs (lost)",
-                self.index,
-                t.kick_failed,
-                t.forward_failed
-            );
-        }
-    }
-
-    /// Kicks `slot`'s VMPL0 (see [`try_kick`]), counted like a send's kick.
-    fn kick<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, slot: &VcpuShared) {
-        let mut tally = IpiTally {
-            retries: 1,
-            ..IpiTally::default()
-        };
-        tally.kick(try_kick(env.platform, slot, self.notification_vector), slot);
-        self.count_ipi(&tally);
-    }
-
-    /// Retries every kick marked failed (after one of ours failed). Bounded
-    /// by the fabric's size; runs only while a failure is outstanding.
-    fn retry_failed_kicks<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) {
-        self.kick_retry = false;
-        let me = self.index();
-        for index in 0..env.fabric.len() {
-            let Some(slot) = env.fabric.slot(index) else {
-                continue;
-            };
-            // The owner drains its own mailbox; a handed-back vCPU's VMPL0
-            // no longer drains one.
-            if index == me || slot.handed_back() {
-                continue;
-            }
-            if slot.mailbox().take_kick_failed() {
-                self.kick(env, slot);
-            }
-        }
-    }
-
-    /// Forwards what a closed mailbox took at the hand-back to the host
-    /// (see [`forward`]).
-    fn forward_ipi<P: Platform + ?Sized>(
-        &mut self,
-        env: &Env<'_, P>,
-        slot: &VcpuShared,
-        vector: u8,
-        nmi: bool,
-    ) {
-        let mut tally = IpiTally::default();
-        if forward(env.platform, slot, vector, nmi) {
-            tally.forwarded = 1;
-        } else {
-            tally.forward_failed = 1;
-        }
-        self.count_ipi(&tally);
-    }
-
-    // ---------------------------------------------------------------- timer
-
-    /// Arms the platform timer for the APIC's next deadline.
-    fn rearm_timer<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) {
-        let deadline = self.apic.next_timer_deadline();
-        if deadline == self.timer_armed {
-            return;
-        }
-        match env.platform.arm_timer(deadline) {
-            Ok(()) => self.timer_armed = deadline,
-            Err(_) => {
-                self.timer_armed = None;
-                if !self.timer_missing_logged {
-                    self.timer_missing_logged = true;
-                    log::warn!(
-                        "vCPU {}: no platform timer; the guest must use the host's timer",
-                        self.index
-                    );
-                }
-            }
-        }
-    }
-
     // ------------------------------------------------------------- protocol
 
     /// Answers one APIC protocol call (RAX/RCX/RDX already decoded).
@@ -995,10 +873,10 @@ impl VcpuEngine {
         call: ApicCall,
     ) -> CallResult {
         bump(&mut self.counters.protocol_calls);
-        if self.registration == Registration::Off {
+        if !self.registration.emulating() {
+            // Off, or handed back: the protocol is gone on this vCPU (spec §5).
             return CallResult::code(ResultCode::UnsupportedProtocol);
         }
-        let emulating = self.registration.emulating();
         match call {
             ApicCall::QueryFeatures => {
                 let mut features = feature::LAZY_EOI;
@@ -1007,7 +885,7 @@ impl VcpuEngine {
                 }
                 CallResult::rcx(features)
             }
-            ApicCall::Configure(op) => match self.registration.configure(op) {
+            ApicCall::Configure(op) => match env.fabric.vm().registrations().configure(op) {
                 Ok(ConfigureStep::Count(count)) => CallResult::rcx(u64::from(count)),
                 Ok(ConfigureStep::HandBack) => match self.hand_back(env, vmsa) {
                     Ok(()) => CallResult::rcx(0),
@@ -1015,9 +893,6 @@ impl VcpuEngine {
                 },
                 Err(code) => CallResult::code(code),
             },
-            ApicCall::ReadRegister { .. } | ApicCall::WriteRegister { .. } if !emulating => {
-                CallResult::code(ResultCode::InvalidRequest)
-            }
             ApicCall::ReadRegister { msr } => match self.read_register(env, msr) {
                 Ok(value) => CallResult::rdx(value),
                 Err(code) => CallResult::code(code),
@@ -1026,9 +901,7 @@ impl VcpuEngine {
                 Ok(()) => CallResult::SUCCESS,
                 Err(code) => CallResult::code(code),
             },
-            ApicCall::ConfigureVector(rcx) => {
-                CallResult::code(self.configure_vector(emulating, rcx))
-            }
+            ApicCall::ConfigureVector(rcx) => CallResult::code(self.configure_vector(rcx)),
             ApicCall::Unknown(_) => CallResult::code(ResultCode::UnsupportedCall),
         }
     }
@@ -1061,10 +934,7 @@ impl VcpuEngine {
         result
     }
 
-    fn configure_vector(&mut self, emulating: bool, rcx: u64) -> ResultCode {
-        if !emulating {
-            return ResultCode::InvalidRequest;
-        }
+    fn configure_vector(&mut self, rcx: u64) -> ResultCode {
         if rcx & configure_vector::RESERVED != 0 {
             return ResultCode::InvalidParameter;
         }
@@ -1117,11 +987,19 @@ impl VcpuEngine {
         let result = match msr {
             m if m == u64::from(apic::MSR_APIC_BASE) => self.apic.set_apic_base(value),
             m if m == u64::from(apic::MSR_TSC_DEADLINE) => {
+                // An expiry already due is delivered before the deadline
+                // changes, as for the other timer registers.
+                self.poll_timer_now(env);
                 Ok(self.apic.set_tsc_deadline(value, env.platform.now()))
             }
             X2APIC_FIRST..=X2APIC_LAST => {
                 // Lossless: at most 0x8FF.
                 let msr32 = msr as u32;
+                if msr32 == SVR {
+                    // A software disable masks the LVT timer: an expiry
+                    // already due must reach IRR first (it stays there).
+                    self.poll_timer_now(env);
+                }
                 match self.apic.mode() {
                     ApicMode::XApic => {
                         let value32 =
@@ -1143,193 +1021,24 @@ impl VcpuEngine {
             Err(error) => Err(register_error(*error)),
         }
     }
-
-    // ------------------------------------------------------------ hand-back
-
-    /// Gives the APIC back to the host: descriptor writeback, then
-    /// disable-AI (spec §5 CONFIGURE, §4 0x8000_001C), then the mailbox is
-    /// closed.
-    ///
-    /// Order \[choice\]: a post can land at any time, so the mailbox is
-    /// drained into the APIC before the writeback (the common case), and
-    /// closed only once the host has taken the APIC: [`Mailbox::close`]
-    /// takes what arrived in between, which goes to the host by #HV IPI
-    /// like every later post (whose sender sees the mailbox closed and
-    /// forwards it). Nothing is stranded in a mailbox nobody drains, and a
-    /// failed disable-AI leaves the mailbox open and the APIC emulated.
-    ///
-    /// [`Mailbox::close`]: crate::mailbox::Mailbox::close
-    fn hand_back<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
-        &mut self,
-        env: &Env<'_, P>,
-        vmsa: &mut V,
-    ) -> Result<(), ResultCode> {
-        let descriptor = env
-            .doorbell
-            .descriptor(self.guest_vmpl)
-            .map_err(|_| ResultCode::InvalidRequest)?;
-        // Whatever is still posted to this vCPU goes to the host too.
-        if let Some(slot) = self.slot(env) {
-            let posted = slot.mailbox().drain();
-            for vector in posted.iter() {
-                let _ = self.apic.request(vector, Trigger::Edge);
-            }
-            if posted.nmi {
-                self.request_nmi();
-            }
-        }
-        // An APIC vector or NMI parked in EVENTINJ / V_NMI goes back to
-        // pending state so it is handed over, not lost.
-        let mut ctrl: VIntrCtrl = vmsa.vintr_ctrl();
-        match self.eventinj {
-            Some(InEventInj::Apic(v)) => {
-                vmsa.set_event_inj(EventInj::new());
-                self.recall(v);
-                self.eventinj = None;
-            }
-            Some(InEventInj::Nmi) => {
-                vmsa.set_event_inj(EventInj::new());
-                self.nmi.exit_outcome(NmiExit::NotDelivered);
-                self.eventinj = None;
-            }
-            _ => {}
-        }
-        if self.nmi.presented() == Some(NmiVia::VNmi) && ctrl.v_nmi() {
-            ctrl = ctrl.with_v_nmi(false);
-            vmsa.set_vintr_ctrl(ctrl);
-            self.nmi.exit_outcome(NmiExit::NotDelivered);
-        }
-        let nmi_pending = self.nmi.pending();
-        let state = HandoffState {
-            irr: self.apic.irr().words(),
-            isr: self.apic.isr().words(),
-            nmi_pending,
-        };
-        let dropped = descriptor.hand_off(&state);
-        if dropped != 0 {
-            log::warn!(
-                "vCPU {}: {dropped} pending vectors 16-30 cannot be handed to the host",
-                self.index
-            );
-        }
-        let request = DisableAiRequest {
-            vmpl: self.guest_vmpl,
-            tpr: self.apic.tpr(),
-            int_shadow: ctrl.int_shadow(),
-            interrupts_enabled: vmsa.rflags() & RFLAGS_IF != 0,
-        };
-        if env.platform.disable_alternate_injection(request).is_err() {
-            bump(&mut self.counters.platform_errors);
-            log::warn!("vCPU {}: disable-AI failed; keeping the APIC", self.index);
-            // Take our own writeback out again; it coalesces with the APIC.
-            let back = descriptor.consume();
-            let _ = self.accept_host(env, &back);
-            return Err(ResultCode::InvalidRequest);
-        }
-        self.nmi.take_for_hand_back();
-        self.host_level.clear();
-        self.registration.complete_hand_back();
-        if let Some(slot) = self.slot(env) {
-            // Closing also clears a failed-kick mark (moot now).
-            let late = slot.mailbox().close();
-            for vector in late.iter() {
-                self.forward_ipi(env, slot, vector, false);
-            }
-            if late.nmi {
-                self.forward_ipi(env, slot, 0, true);
-            }
-        }
-        let _ = env.platform.arm_timer(None);
-        self.timer_armed = None;
-        log::info!("vCPU {}: APIC handed back to the host", self.index);
-        Ok(())
-    }
-}
-
-/// What one guest IPI did, per target kind (see `VcpuEngine::count_ipi`).
-#[derive(Clone, Copy, Default)]
-struct IpiTally {
-    /// Something was recorded.
-    any: bool,
-    kicks: u32,
-    suppressed: u32,
-    retries: u32,
-    kick_failed: u32,
-    forwarded: u32,
-    forward_failed: u32,
-}
-
-impl IpiTally {
-    /// The rare outcomes of a post: a kick that failed (`Kick` here means
-    /// `try_kick` already failed once), a retry the post took the mark for
-    /// (ON is still set after a failed kick, so no post would kick again),
-    /// a closed mailbox (forward to the host).
-    #[cold]
-    #[inline(never)]
-    fn rare_post<P: Platform + ?Sized>(
-        &mut self,
-        post: Post,
-        platform: &P,
-        slot: &VcpuShared,
-        notification: u8,
-        vector: u8,
-        nmi: bool,
-    ) {
-        self.any = true;
-        match post {
-            Post::Kick => self.kick(false, slot),
-            Post::RetryKick => {
-                self.retries = self.retries.wrapping_add(1);
-                self.kick(try_kick(platform, slot, notification), slot);
-            }
-            Post::Closed => {
-                if forward(platform, slot, vector, nmi) {
-                    self.forwarded = self.forwarded.wrapping_add(1);
-                } else {
-                    self.forward_failed = self.forward_failed.wrapping_add(1);
-                }
-            }
-            Post::Covered => self.suppressed = self.suppressed.wrapping_add(1),
-        }
-    }
-
-    /// Records a kick's result; a failed one marks the target's mailbox
-    /// (see [`crate::mailbox::Mailbox::mark_kick_failed`]).
-    fn kick(&mut self, sent: bool, slot: &VcpuShared) {
-        self.any = true;
-        if sent {
-            self.kicks = self.kicks.wrapping_add(1);
-        } else {
-            slot.mailbox().mark_kick_failed();
-            self.kick_failed = self.kick_failed.wrapping_add(1);
-        }
-    }
-}
-
-/// Forwards a guest IPI (or NMI) to the host, which emulates `slot`'s APIC
-/// since the hand-back: #HV IPI (GHCB 0x8000_0015) with the guest's vector
-/// ([`forward_icr`]). True when the platform accepted the call; otherwise
-/// nothing else can reach that vCPU and the IPI is lost (counted).
-#[cold]
-#[inline(never)]
-fn forward<P: Platform + ?Sized>(platform: &P, slot: &VcpuShared, vector: u8, nmi: bool) -> bool {
-    platform
-        .hv_ipi(forward_icr(slot.host_apic_id(), vector, nmi))
-        .is_ok()
-}
-
-/// Kicks `slot`'s VMPL0: #HV IPI (GHCB 0x8000_0015) with the notification
-/// vector. True when the platform accepted the call.
-fn try_kick<P: Platform + ?Sized>(platform: &P, slot: &VcpuShared, notification: u8) -> bool {
-    platform
-        .hv_ipi(notification_icr(slot.host_apic_id(), notification))
-        .is_ok()
 }
 
 /// Log rate limit for events a guest or host can repeat at will: the 1st,
 /// 2nd, 4th, 8th, ... occurrence (the counters keep the exact number).
 fn rare(count: u64) -> bool {
     count.is_power_of_two()
+}
+
+/// Whether the host posted something `Descriptor::consume` takes (one
+/// load of the status word; reserved bits, which it leaves, do not count).
+fn has_host_posts(descriptor: &Descriptor) -> bool {
+    const POSTS: u32 = DescriptorStatus::VECTOR_MASK
+        | DescriptorStatus::NMI
+        | DescriptorStatus::MC
+        | DescriptorStatus::LEVEL
+        | DescriptorStatus::MULTIPLE
+        | DescriptorStatus::VECTOR_31;
+    descriptor.status.load(Ordering::Acquire) & POSTS != 0
 }
 
 /// Whether `set` is exactly `{vector}`.

@@ -34,9 +34,18 @@
 //!   vector, because in real mode no error code is pushed (AMD APM vol. 2
 //!   §8.2, "error codes").
 //!
+//! And whatever the event, EXITINTINFO is honoured only on an exit that can
+//! happen while an event is being delivered (AMD APM vol. 2 §15.7.2: an
+//! intercept during event delivery): a nested page fault, an exception
+//! intercept (0x40-0x5F), INTR/NMI/SMI/INIT (0x60-0x63) or a task switch
+//! (0x7D). An instruction intercept (VMGEXIT, MSR, HLT, CPUID, IOIO, VINTR,
+//! ...) happens at an instruction, after any delivery completed: an
+//! EXITINTINFO there is forged, and re-injecting it would deliver an event
+//! the guest already took a second time.
+//!
 //! Everything dropped is counted in `Counters::forged_exit_events`.
 
-use vmsa::{EventInj, EventType};
+use vmsa::{EventInj, EventType, ExitKind};
 
 /// What the engine presented in the run that just ended and hardware took
 /// (consumed EVENTINJ, cleared V_IRQ, cleared V_NMI).
@@ -50,6 +59,20 @@ pub(crate) struct Presented {
     pub nmi: bool,
     /// #MC taken from EVENTINJ.
     pub machine_check: bool,
+}
+
+/// Whether an exit of `kind` can interrupt an event delivery (module doc).
+pub(crate) fn may_interrupt_delivery(kind: ExitKind) -> bool {
+    match kind {
+        ExitKind::Npf => true,
+        ExitKind::Other(code) => matches!(code, 0x40..=0x63 | 0x7D),
+        ExitKind::Invalid
+        | ExitKind::Busy
+        | ExitKind::IdleRequired
+        | ExitKind::Vintr
+        | ExitKind::Msr
+        | ExitKind::Vmgexit => false,
+    }
 }
 
 /// Exception vector of #MC.

@@ -20,6 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
 
 use crate::mailbox::Mailbox;
+use crate::registration::RegistrationCount;
 
 const MODE_SHIFT: u32 = 41;
 const MODE_ABSENT: u64 = 0;
@@ -98,6 +99,7 @@ pub struct VcpuShared {
 struct OwnerLine {
     running: AtomicBool,
     hv_events: AtomicU8,
+    timer_fired: AtomicBool,
 }
 
 const _: () = {
@@ -123,6 +125,7 @@ impl VcpuShared {
             owner: OwnerLine {
                 running: AtomicBool::new(false),
                 hv_events: AtomicU8::new(0),
+                timer_fired: AtomicBool::new(false),
             },
         }
     }
@@ -192,12 +195,31 @@ impl VcpuShared {
         self.owner.hv_events.swap(0, Ordering::AcqRel)
     }
 
+    /// Notes that the platform's one-shot timer for this vCPU fired (the
+    /// SVSM calls it from its timer interrupt; atomics only). The next
+    /// `before_run` re-arms it when it fired before the APIC deadline
+    /// (`Counters::timer_early`), so an early fire never stalls the timer.
+    pub fn note_timer_fired(&self) {
+        self.owner.timer_fired.store(true, Ordering::Release);
+    }
+
+    /// Takes the note of [`VcpuShared::note_timer_fired`] (owner only).
+    pub(crate) fn take_timer_fired(&self) -> bool {
+        self.owner.timer_fired.load(Ordering::Relaxed)
+            && self.owner.timer_fired.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a platform timer fire was noted and not yet taken.
+    pub(crate) fn timer_fire_noted(&self) -> bool {
+        self.owner.timer_fired.load(Ordering::Acquire)
+    }
+
     /// Makes the slot present (the owner's engine was created). A slot
     /// whose APIC had been handed back gets an empty, open mailbox again.
     pub(crate) fn activate(&self, host_apic_id: u32, address: &ApicAddress) {
         self.host_apic_id.store(host_apic_id, Ordering::Relaxed);
         if self.mailbox.closed() {
-            self.mailbox.reset();
+            self.mailbox.reopen();
         }
         self.publish_packed(pack_address(address));
     }
@@ -207,6 +229,28 @@ impl VcpuShared {
         if self.address.load(Ordering::Relaxed) != packed {
             self.address.store(packed, Ordering::Release);
         }
+    }
+}
+
+/// What is shared by the whole VM rather than per vCPU: today the APIC
+/// registration count (spec §5). The SVSM owns one per VM (`const`, so it
+/// can be a static) and passes it in every [`Fabric`].
+#[derive(Debug, Default)]
+pub struct VmShared {
+    registrations: RegistrationCount,
+}
+
+impl VmShared {
+    /// A VM booted with Alternate Injection: registration count 1.
+    pub const fn new() -> Self {
+        Self {
+            registrations: RegistrationCount::new(),
+        }
+    }
+
+    /// The VM-wide registration count.
+    pub fn registrations(&self) -> &RegistrationCount {
+        &self.registrations
     }
 }
 
@@ -222,16 +266,24 @@ enum Scan {
     Match { first_only: bool },
 }
 
-/// The table of every vCPU's shared part, owned by the SVSM.
+/// The table of every vCPU's shared part and the VM-wide state, owned by
+/// the SVSM.
 #[derive(Clone, Copy, Debug)]
 pub struct Fabric<'a> {
     slots: &'a [VcpuShared],
+    vm: &'a VmShared,
 }
 
 impl<'a> Fabric<'a> {
-    /// Wraps the SVSM's table; slot `i` belongs to vCPU index `i`.
-    pub const fn new(slots: &'a [VcpuShared]) -> Self {
-        Self { slots }
+    /// Wraps the SVSM's table (slot `i` belongs to vCPU index `i`) and the
+    /// VM-wide state.
+    pub const fn new(slots: &'a [VcpuShared], vm: &'a VmShared) -> Self {
+        Self { slots, vm }
+    }
+
+    /// The VM-wide state.
+    pub fn vm(&self) -> &'a VmShared {
+        self.vm
     }
 
     /// The slot of vCPU `index`.

@@ -3,8 +3,11 @@
 //! A level vector from the host's descriptor (status bit 10) stays asserted
 //! at the host until VMPL0 sends it the specific EOI (GHCB 0x8000_001D).
 //! The engine records such vectors here when it accepts them and, when the
-//! guest's EOI retires one with TMR set, sends the specific EOI exactly once:
-//! the bit is taken out before the call. Level interrupts generated inside
+//! guest's EOI retires one of them, sends the specific EOI exactly once: the
+//! bit is taken out before the call. The gate is this record, never the
+//! guest-visible TMR, which an edge request of the same vector clears. When
+//! the guest disables its APIC (APIC_BASE EN = 0, which clears IRR/ISR/TMR)
+//! every recorded vector gets its specific EOI at once. Level interrupts generated inside
 //! the SVSM (LVT entries, device models) are never in this set, so their
 //! EOIs never reach the host. When the guest enabled EOI-broadcast
 //! suppression (SVR bit 12, directed EOI) it EOIs the host's IOAPIC itself

@@ -58,7 +58,7 @@ pub use counters::Counters;
 #[cfg(not(feature = "loom"))]
 pub use engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 #[cfg(not(feature = "loom"))]
-pub use fabric::{Fabric, VcpuShared};
+pub use fabric::{Fabric, VcpuShared, VmShared};
 #[cfg(not(feature = "loom"))]
 pub use hv::{HvEvents, Vmpl0Tpr, handle_hv};
 #[cfg(not(feature = "loom"))]

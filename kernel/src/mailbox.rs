@@ -37,6 +37,9 @@
 //! closing drain took it). So every post is handed over exactly once
 //! (`tests/loom.rs` checks it), and none is stranded in a mailbox nobody
 //! drains any more.
+//! [`Mailbox::reopen`] (the slot gets an engine again) clears CLOSED with
+//! one RMW of word 0 and leaves the other words alone, so a post racing
+//! with it is forwarded or stays posted, never wiped (loom-checked too).
 //!
 //! Failed kicks \[choice\]: when the #HV IPI for a post that reported
 //! [`Post::Kick`] fails, ON stays set, so no later post would kick. The
@@ -447,12 +450,49 @@ impl Mailbox {
         }
     }
 
-    /// Empties and reopens the mailbox (owner only, when its engine is
-    /// created again for this slot). Whatever a sender posted while it was
-    /// closed was forwarded by that sender and is dropped here.
-    pub fn reset(&self) {
-        for w in self.pir.iter().rev() {
-            w.store(0, Ordering::Release);
+    /// Reopens a closed mailbox (owner only, when its engine is created
+    /// again for this slot), keeping every post that races with it.
+    ///
+    /// One swap of word 0 to 0 clears CLOSED together with whatever posts
+    /// left there while closed (each of those senders saw CLOSED in the
+    /// same RMW and forwarded its post). Words 1-3 are not touched: a bit
+    /// there belongs to a sender between its word-N RMW and its word-0 RMW.
+    /// If that RMW comes before the swap it sees CLOSED and takes the bit
+    /// back; if after, it sees the mailbox open and the bit is an ordinary
+    /// post (kick or covered). Plain stores here would wipe such a bit
+    /// after its sender was told Kick/Covered (`tests/loom.rs` finds it).
+    pub fn reopen(&self) {
+        if let Some(w0) = self.pir.first() {
+            w0.swap(0, Ordering::AcqRel);
+        }
+    }
+
+    /// Test hook: the first step of a post of `vector` outside PIR word 0
+    /// (the RMW of its own word), as a sender preempted before its word-0
+    /// RMW has done it. True when the bit was newly set, i.e. when
+    /// [`Mailbox::post_second_step`] must follow.
+    #[cfg(any(test, feature = "ktests"))]
+    pub fn post_first_step(&self, vector: u8) -> bool {
+        let Some(PostBits { word, shift }) = PostBits::vector(vector).filter(|b| b.word != 0)
+        else {
+            return false;
+        };
+        let bit = 1u64 << (shift & 63);
+        self.pir
+            .get(word)
+            .is_some_and(|w| w.fetch_or(bit, Ordering::AcqRel) & bit == 0)
+    }
+
+    /// Test hook: the rest of the post begun by [`Mailbox::post_first_step`].
+    #[cfg(any(test, feature = "ktests"))]
+    pub fn post_second_step(&self, vector: u8) -> Post {
+        let Some(PostBits { word, shift }) = PostBits::vector(vector).filter(|b| b.word != 0)
+        else {
+            return Post::Covered;
+        };
+        match (self.set_in_word0(0), self.pir.get(word)) {
+            (Post::Closed, Some(w)) => take_back(w, 1u64 << (shift & 63)),
+            (other, _) => other,
         }
     }
 }

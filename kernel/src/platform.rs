@@ -98,6 +98,27 @@ impl DisableAiRequest {
     }
 }
 
+/// The guest's APIC timer as the host needs it to keep the timer running
+/// once it emulates the APIC (after disable-AI, spec §5 CONFIGURE): the
+/// registers that define it and where it stands. \[choice\] The GHCB has
+/// no public call for it; the SVSM passes it on however its host takes it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct GuestTimer {
+    /// LVT timer (MSR 0x832): mode (bits 18:17), mask (bit 16), vector.
+    pub lvt_timer: u32,
+    /// Divide configuration (MSR 0x83E).
+    pub divide_config: u32,
+    /// Initial count (MSR 0x838): the reload value in periodic mode.
+    pub initial_count: u32,
+    /// Current count (MSR 0x839) at the hand-back.
+    pub current_count: u32,
+    /// IA32_TSC_DEADLINE (TSC-deadline mode; 0 disarmed).
+    pub tsc_deadline: u64,
+    /// When the timer next expires, in [`Platform::now`] ticks (`None`:
+    /// not armed). A due expiry is already in the handed-back IRR.
+    pub deadline: Option<u64>,
+}
+
 /// EXITINFO1 of a specific EOI: VMPL<<16 | vector \[impl\].
 pub fn specific_eoi_info(vmpl: u8, vector: u8) -> u64 {
     (u64::from(vmpl) << 16) | u64::from(vector)
@@ -162,6 +183,15 @@ pub trait Platform {
     /// leaves the guest run and calls `before_run`, which polls the APIC
     /// timer.
     fn arm_timer(&self, deadline: Option<u64>) -> Result<(), NoTimer>;
+
+    /// Gives the host the guest VMPL's APIC timer after a successful
+    /// disable-AI (see [`GuestTimer`]). The default takes nothing
+    /// (`Err`): the engine then logs that the guest's timer stops with the
+    /// hand-back unless the host keeps it some other way.
+    fn hand_back_timer(&self, vmpl: u8, timer: &GuestTimer) -> Result<(), PlatformError> {
+        let _ = (vmpl, timer);
+        Err(PlatformError)
+    }
 }
 
 /// The GHCB set-up of one vCPU before its engine is created: registers the

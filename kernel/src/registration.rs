@@ -1,96 +1,108 @@
-//! The APIC protocol's registration count (spec §5, CONFIGURE) as a state
-//! machine.
+//! The APIC protocol's registration count (spec §5 CONFIGURE): one count per
+//! VM, shared by every vCPU, and each vCPU's own emulation state.
 //!
-//! \[choice\] where the draft is silent:
-//! - A vCPU starts with emulation on and a count of 1: the boot reference
-//!   that OVMF's SEC phase relies on before any guest code registers. The
-//!   SVSM may instead create an engine with emulation off (the VMSA has no
-//!   Alternate Injection, or the platform lacks it): then every call answers
-//!   UNSUPPORTED_PROTOCOL.
-//! - When a deregistration brings the count to 0 the engine hands the APIC
-//!   back to the host (descriptor writeback, then disable-AI). If the
-//!   disable-AI call fails the count stays 1 and the guest gets
-//!   INVALID_REQUEST: the APIC must never be left without an emulator.
-//! - After the hand-back the APIC belongs to the host for good: QUERY_FEATURES
-//!   and CONFIGURE still answer (query returns 0, register CANNOT_REGISTER,
-//!   deregister INVALID_REQUEST); register access and CONFIGURE_VECTOR answer
-//!   INVALID_REQUEST ("not emulating").
+//! The count ([`RegistrationCount`], inside the SVSM's
+//! [`crate::VmShared`]) is one `AtomicU32`, changed only by RMWs, so vCPUs
+//! register and deregister concurrently without a lock. It starts at 1 when
+//! the VM boots with Alternate Injection (the boot reference OVMF's SEC
+//! phase relies on). Register increments it and fails CANNOT_REGISTER once
+//! it is 0; it changes nothing on the calling vCPU. Deregister decrements it
+//! (never below 0). A deregister that leaves it at 0, or a query that finds
+//! it at 0, hands back the **calling** vCPU's APIC; every other vCPU stays
+//! emulated until it makes such a call itself (COCONUT-SVSM
+//! `APIC_EMULATION_REG_COUNT`).
+//!
+//! Per vCPU ([`Registration`]): off (no Alternate Injection on this vCPU:
+//! every call answers UNSUPPORTED_PROTOCOL), on, or handed back (every call
+//! answers UNSUPPORTED_PROTOCOL, spec §5). \[choice\] If the disable-AI call
+//! of a hand-back fails, the vCPU stays emulated and the guest gets
+//! INVALID_REQUEST; the count stays 0, so its next deregister or query
+//! tries the hand-back again (the APIC is never left without an emulator).
+
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::protocol::{ResultCode, configure};
 
-/// Where a vCPU's APIC emulation stands.
+/// Where one vCPU's APIC emulation stands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Registration {
     /// This vCPU has no SVSM APIC emulation (protocol unsupported).
     Off,
-    /// The SVSM emulates the APIC; `count` users are registered (>= 1).
-    On {
-        /// Registration count.
-        count: u32,
-    },
-    /// The APIC was handed back to the host.
+    /// The SVSM emulates the APIC.
+    On,
+    /// The APIC was handed back to the host (protocol unsupported).
     HandedBack,
 }
 
-/// The result of a CONFIGURE operation.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ConfigureStep {
-    /// Done: answer SUCCESS with this count in RCX.
-    Count(u32),
-    /// The count would reach 0: perform the hand-back, then call
-    /// [`Registration::complete_hand_back`].
-    HandBack,
-}
-
 impl Registration {
-    /// Initial state: on with the boot reference, or off.
+    /// Initial state: on, or off.
     pub const fn new(emulate: bool) -> Self {
-        if emulate {
-            Self::On { count: 1 }
-        } else {
-            Self::Off
-        }
+        if emulate { Self::On } else { Self::Off }
     }
 
     /// Whether the SVSM is emulating the APIC now.
     pub fn emulating(&self) -> bool {
-        matches!(self, Self::On { .. })
+        *self == Self::On
+    }
+}
+
+/// The result of a CONFIGURE operation on the VM-wide count.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConfigureStep {
+    /// Done: answer SUCCESS with this count in RCX.
+    Count(u32),
+    /// The count is 0: hand back the calling vCPU's APIC, then answer
+    /// SUCCESS with RCX = 0.
+    HandBack,
+}
+
+/// The VM-wide registration count (module doc).
+#[derive(Debug)]
+pub struct RegistrationCount(AtomicU32);
+
+impl Default for RegistrationCount {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RegistrationCount {
+    /// The boot reference: 1.
+    pub const fn new() -> Self {
+        Self(AtomicU32::new(1))
     }
 
-    /// The registration count (0 when not emulating).
+    /// The current count.
     pub fn count(&self) -> u32 {
-        match self {
-            Self::On { count } => *count,
-            Self::Off | Self::HandedBack => 0,
-        }
+        self.0.load(Ordering::Acquire)
     }
 
-    /// CONFIGURE with RCX = `op` (the caller has already answered
-    /// UNSUPPORTED_PROTOCOL for [`Registration::Off`]).
-    pub fn configure(&mut self, op: u64) -> Result<ConfigureStep, ResultCode> {
-        match (op, *self) {
-            (_, Self::Off) => Err(ResultCode::UnsupportedProtocol),
-            (configure::QUERY, _) => Ok(ConfigureStep::Count(self.count())),
-            (configure::REGISTER, Self::On { count }) => {
-                let count = count.checked_add(1).ok_or(ResultCode::InvalidRequest)?;
-                *self = Self::On { count };
-                Ok(ConfigureStep::Count(count))
+    /// CONFIGURE with RCX = `op` (query, deregister, register).
+    pub fn configure(&self, op: u64) -> Result<ConfigureStep, ResultCode> {
+        let at_zero = |count: u32| match count {
+            0 => ConfigureStep::HandBack,
+            n => ConfigureStep::Count(n),
+        };
+        match op {
+            configure::QUERY => Ok(at_zero(self.count())),
+            configure::REGISTER => self
+                .0
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    (c != 0).then(|| c.checked_add(1)).flatten()
+                })
+                .map(|old| ConfigureStep::Count(old.saturating_add(1)))
+                .map_err(|c| match c {
+                    0 => ResultCode::CannotRegister,
+                    _ => ResultCode::InvalidRequest,
+                }),
+            configure::DEREGISTER => {
+                let old = self
+                    .0
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
+                    .unwrap_or(0);
+                Ok(at_zero(old.saturating_sub(1)))
             }
-            (configure::REGISTER, Self::HandedBack) => Err(ResultCode::CannotRegister),
-            (configure::DEREGISTER, Self::On { count: 1 }) => Ok(ConfigureStep::HandBack),
-            (configure::DEREGISTER, Self::On { count }) => {
-                let count = count.saturating_sub(1);
-                *self = Self::On { count };
-                Ok(ConfigureStep::Count(count))
-            }
-            (configure::DEREGISTER, Self::HandedBack) => Err(ResultCode::InvalidRequest),
             _ => Err(ResultCode::InvalidParameter),
         }
-    }
-
-    /// Records that the hand-back asked for by [`ConfigureStep::HandBack`]
-    /// succeeded.
-    pub fn complete_hand_back(&mut self) {
-        *self = Self::HandedBack;
     }
 }

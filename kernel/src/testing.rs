@@ -13,9 +13,9 @@ use doorbell::DoorbellPage;
 use vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 use crate::engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
-use crate::fabric::{Fabric, VcpuShared};
+use crate::fabric::{Fabric, VcpuShared, VmShared};
 use crate::platform::{
-    DEFAULT_NOTIFICATION_VECTOR, DisableAiRequest, DoorbellRequest, NoTimer, Platform,
+    DEFAULT_NOTIFICATION_VECTOR, DisableAiRequest, DoorbellRequest, GuestTimer, NoTimer, Platform,
     PlatformError,
 };
 use crate::protocol::{ApicCall, CallResult};
@@ -114,6 +114,10 @@ pub struct MockPlatform {
     pub fail_specific_eoi: AtomicBool,
     /// Make disable-AI calls fail.
     pub fail_disable_ai: AtomicBool,
+    /// Guest timers handed back, as (lvt, divide, initial, current, tsc
+    /// deadline, deadline or `u64::MAX`), the last one.
+    pub guest_timers: CallLog,
+    last_guest_timer: [AtomicU64; 6],
 }
 
 impl Default for MockPlatform {
@@ -138,12 +142,32 @@ impl MockPlatform {
             fail_hv_ipi: AtomicBool::new(false),
             fail_specific_eoi: AtomicBool::new(false),
             fail_disable_ai: AtomicBool::new(false),
+            guest_timers: CallLog::new(),
+            last_guest_timer: [const { AtomicU64::new(0) }; 6],
         }
     }
 
     /// Sets the time.
     pub fn set_now(&self, now: u64) {
         self.now.store(now, Ordering::Release);
+    }
+
+    /// The last guest timer handed back (`Platform::hand_back_timer`).
+    pub fn guest_timer(&self) -> Option<GuestTimer> {
+        self.guest_timers.count().checked_sub(1)?;
+        let [lvt, divide, initial, current, tsc, deadline] = self
+            .last_guest_timer
+            .each_ref()
+            .map(|w| w.load(Ordering::Acquire));
+        let low = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Some(GuestTimer {
+            lvt_timer: low(lvt),
+            divide_config: low(divide),
+            initial_count: low(initial),
+            current_count: low(current),
+            tsc_deadline: tsc,
+            deadline: (deadline != u64::MAX).then_some(deadline),
+        })
     }
 
     /// The deadline the timer is armed for (`None`: never armed or disarmed).
@@ -215,6 +239,22 @@ impl Platform for MockPlatform {
         self.timer_arms.record(deadline.unwrap_or(u64::MAX));
         Ok(())
     }
+
+    fn hand_back_timer(&self, vmpl: u8, timer: &GuestTimer) -> Result<(), PlatformError> {
+        let values = [
+            u64::from(timer.lvt_timer),
+            u64::from(timer.divide_config),
+            u64::from(timer.initial_count),
+            u64::from(timer.current_count),
+            timer.tsc_deadline,
+            timer.deadline.unwrap_or(u64::MAX),
+        ];
+        for (slot, value) in self.last_guest_timer.iter().zip(values) {
+            slot.store(value, Ordering::Release);
+        }
+        self.guest_timers.record(u64::from(vmpl));
+        Ok(())
+    }
 }
 
 /// What the modelled guest does during one run ([`hw_run`]).
@@ -223,7 +263,9 @@ pub struct GuestRun {
     /// The exit code the run ends with.
     pub exit: ExitCode,
     /// The exit happens while EVENTINJ is being delivered: the event lands
-    /// in EXITINTINFO instead of the guest.
+    /// in EXITINTINFO instead of the guest, and the exit is the nested page
+    /// fault that cut the delivery (`ExitCode::NPF` replaces `exit`: an
+    /// instruction intercept cannot interrupt a delivery).
     pub interrupt_delivery: bool,
     /// The guest opens its window for a queued V_IRQ / V_NMI during the run.
     pub open_window: bool,
@@ -275,10 +317,12 @@ pub fn hw_run<V: VmsaAccess + ?Sized>(vmsa: &mut V, run: GuestRun) -> HwDelivery
         vmsa.set_vintr_ctrl(ctrl.with_v_nmi_mask(false));
     }
     let ev = vmsa.event_inj();
+    let mut exit = run.exit;
     if ev.valid() {
         vmsa.set_event_inj(EventInj::new());
         if run.interrupt_delivery {
             vmsa.set_exit_int_info(ev);
+            exit = ExitCode::NPF;
         } else {
             out.event = Some(ev);
         }
@@ -301,7 +345,7 @@ pub fn hw_run<V: VmsaAccess + ?Sized>(vmsa: &mut V, run: GuestRun) -> HwDelivery
     // Hardware does not touch V_INTR_VECTOR on exit; the interrupt shadow
     // ends with the run.
     vmsa.set_vintr_ctrl(ctrl.with_int_shadow(false));
-    vmsa.set_exit_code(run.exit);
+    vmsa.set_exit_code(exit);
     out
 }
 
@@ -316,6 +360,8 @@ pub struct Fixture<const N: usize> {
     pub platform: MockPlatform,
     /// The shared slots.
     pub shared: [VcpuShared; N],
+    /// The VM-wide state (registration count).
+    pub vm: VmShared,
     /// One doorbell page per vCPU.
     pub doorbells: [DoorbellPage; N],
     /// One guest VMSA per vCPU.
@@ -346,6 +392,7 @@ impl<const N: usize> Fixture<N> {
         Self {
             platform: MockPlatform::new(),
             shared: [const { VcpuShared::new() }; N],
+            vm: VmShared::new(),
             doorbells: [const { DoorbellPage::new() }; N],
             vmsas,
             caa: [const { AtomicU8::new(0) }; N],
@@ -374,7 +421,7 @@ impl<const N: usize> Fixture<N> {
 
     /// Creates vCPU `i`'s engine with `config`.
     pub fn create_with(&mut self, i: usize, config: EngineConfig) -> Result<(), Fatal> {
-        let engine = VcpuEngine::new(config, Fabric::new(&self.shared))?;
+        let engine = VcpuEngine::new(config, Fabric::new(&self.shared, &self.vm))?;
         if let Some(slot) = self.engines.get_mut(i) {
             *slot = Some(engine);
         }
@@ -400,6 +447,7 @@ impl<const N: usize> Fixture<N> {
         let Self {
             platform,
             shared,
+            vm,
             doorbells,
             vmsas,
             caa,
@@ -408,7 +456,7 @@ impl<const N: usize> Fixture<N> {
         let engine = engines.get_mut(i)?.as_mut()?;
         let env = Env {
             platform: &*platform,
-            fabric: Fabric::new(shared.as_slice()),
+            fabric: Fabric::new(shared.as_slice(), vm),
             doorbell: doorbells.get(i)?,
             caa_no_eoi: caa.get(i),
         };

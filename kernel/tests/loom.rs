@@ -166,6 +166,40 @@ fn posts_racing_with_the_close_are_handed_over_exactly_once() {
     });
 }
 
+/// The owner's engine is created again (reopen) while posts race with it:
+/// every post is handed over exactly once, forwarded by its sender (it saw
+/// the mailbox closed) or drained by the owner after the reopen, and one
+/// that is drained was announced by a kick.
+#[test]
+fn posts_racing_with_the_reopen_are_handed_over_exactly_once() {
+    loom::model(|| {
+        let mb = Arc::new(Mailbox::new());
+        mb.close();
+        // 0x31 lives in PIR word 1 (bit, then ON), 0xF0 in word 0 (one RMW).
+        let posters: Vec<_> = [0x31u8, 0xF0u8]
+            .into_iter()
+            .map(|v| {
+                let mb = mb.clone();
+                thread::spawn(move || (v, mb.post(v)))
+            })
+            .collect();
+        mb.reopen();
+        let results: Vec<_> = posters.into_iter().map(|p| p.join().unwrap()).collect();
+        let drained = mb.drain();
+        let kicked = results.iter().any(|(_, post)| post.kick());
+        for (v, post) in results {
+            let forwarded = post == Post::Closed;
+            assert!(
+                drained.contains(v) ^ forwarded,
+                "vector {v:#x}: drained {}, forwarded {forwarded} ({post:?})",
+                drained.contains(v)
+            );
+        }
+        assert!(drained.is_empty() || kicked, "drained posts without a kick");
+        assert!(!mb.closed());
+    });
+}
+
 /// The same vector posted twice in word 1 while the owner closes: at
 /// least one hand-over, and at most one per post.
 #[test]

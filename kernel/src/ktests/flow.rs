@@ -553,4 +553,25 @@ ktest::suite! {
         let r = g.call(0, ApicCall::QueryFeatures).unwrap();
         assert_ne!(r.rcx.unwrap() & crate::protocol::feature::TIMER, 0);
     }
+
+    fn work_pending_reports_what_arrived_after_before_run() {
+        let mut f = one_vcpu();
+        f.before_run(0).unwrap();
+        let pending = |f: &mut crate::testing::Fixture<4>| {
+            let (engine, env, _) = f.parts(0).unwrap();
+            engine.work_pending(&env)
+        };
+        assert!(!pending(&mut f));
+        // A kick's post between collect and Run VMPL.
+        f.shared[0].mailbox().post(0x41);
+        assert!(pending(&mut f));
+        f.before_run(0).unwrap();
+        assert!(!pending(&mut f));
+        // A host post, and a platform timer fire.
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x51).unwrap();
+        assert!(pending(&mut f));
+        f.before_run(0).unwrap();
+        f.shared[0].note_timer_fired();
+        assert!(pending(&mut f));
+    }
 }

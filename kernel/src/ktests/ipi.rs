@@ -192,15 +192,33 @@ ktest::suite! {
         assert!(f.shared[1].mailbox().outstanding());
     }
 
-    fn guest_icr_init_sipi_smi_extint_and_lowest_priority_are_refused() {
+    fn guest_icr_init_sipi_smi_and_reserved_modes_are_accepted_and_dropped() {
         let mut f = four_vcpus();
-        for mode in [0b001u64, 0b010, 0b101, 0b110, 0b111] {
-            let r = f.write_msr(0, ICR, (1u64 << 32) | (mode << 8) | 0x40 | (1 << 14)).unwrap();
-            assert_eq!(r.code, ResultCode::InvalidParameter, "mode {mode}");
+        // SMI, reserved 011, INIT, start-up, reserved 111 (ExtINT).
+        for mode in [0b010u64, 0b011, 0b101, 0b110, 0b111] {
+            let icr = (1u64 << 32) | (mode << 8) | 0x40 | (1 << 14);
+            let r = f.write_msr(0, ICR, icr).unwrap();
+            assert_eq!(r.code, ResultCode::Success, "mode {mode}");
+            assert_eq!(f.read_msr(0, ICR), Some(icr), "mode {mode}");
         }
         assert_eq!(f.engine(0).unwrap().counters().icrs_refused, 5);
         assert!(!f.shared[1].mailbox().outstanding());
         assert_eq!(f.platform.hv_ipis.count(), 0);
+    }
+
+    fn guest_icr_lowest_priority_reaches_only_the_lowest_matching_apic_id() {
+        let mut f = four_vcpus();
+        // All excluding self from vCPU 2: vCPUs 0, 1 and 3 match; 0 gets it.
+        let r = f.write_msr(2, ICR, (3 << 18) | (0b001 << 8) | 0x40).unwrap();
+        assert_eq!(r.code, ResultCode::Success);
+        assert!(f.shared[0].mailbox().outstanding());
+        assert!(!f.shared[1].mailbox().outstanding() && !f.shared[3].mailbox().outstanding());
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        // Logical cluster 0, IDs 1 and 3: vCPU 1 alone.
+        let r = f.write_msr(2, ICR, (0b1010u64 << 32) | (1 << 11) | (0b001 << 8) | 0x41).unwrap();
+        assert_eq!(r.code, ResultCode::Success);
+        assert!(f.shared[1].mailbox().outstanding() && !f.shared[3].mailbox().outstanding());
+        assert_eq!(f.engine(2).unwrap().counters().ipis_sent, 2);
     }
 
     fn failed_kick_is_counted_not_fatal() {
@@ -245,7 +263,8 @@ ktest::suite! {
 
     fn post_racing_with_the_hand_back_reaches_the_host() {
         let shared = [const { VcpuShared::new() }; 2];
-        let fabric = Fabric::new(&shared);
+        let vm = crate::VmShared::new();
+        let fabric = Fabric::new(&shared, &vm);
         let platform = RacingPlatform { mock: MockPlatform::new(), slot: &shared[0], vector: 0x66 };
         let doorbell = doorbell::DoorbellPage::new();
         let env = Env { platform: &platform, fabric, doorbell: &doorbell, caa_no_eoi: None };

@@ -13,12 +13,17 @@
     clippy::arithmetic_side_effects
 )]
 
+pub mod busy;
 pub mod flow;
+pub mod handback;
+pub mod host_level;
 pub mod ipi;
 pub mod nmi;
 pub mod parts;
 pub mod protocol;
+pub mod registration;
 pub mod reinject;
+pub mod timer;
 
 /// Every test of the crate.
 pub const ALL: &[&[ktest::Test]] = &[
@@ -28,6 +33,11 @@ pub const ALL: &[&[ktest::Test]] = &[
     ipi::TESTS,
     protocol::TESTS,
     reinject::TESTS,
+    busy::TESTS,
+    timer::TESTS,
+    host_level::TESTS,
+    handback::TESTS,
+    registration::TESTS,
 ];
 
 use crate::testing::Fixture;

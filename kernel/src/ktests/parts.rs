@@ -3,14 +3,17 @@
 
 use apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
 
-use crate::fabric::{Fabric, VcpuShared, pack_address, unpack_address, x2apic_ldr};
+use crate::fabric::{Fabric, VcpuShared, VmShared, pack_address, unpack_address, x2apic_ldr};
 use crate::mailbox::{Mailbox, Post};
 use crate::nmi::{NmiExit, NmiState, NmiVia};
 use crate::platform::{
     DisableAiRequest, DoorbellRequest, Platform, notification_icr, specific_eoi_info,
 };
 use crate::protocol::{ApicCall, CallRegs, ResultCode, configure};
-use crate::registration::{ConfigureStep, Registration};
+use crate::registration::{ConfigureStep, RegistrationCount};
+
+/// VM-wide state for the fabric tests (the registration count is unused).
+static VM: VmShared = VmShared::new();
 
 ktest::suite! {
     fn mailbox_close_takes_what_is_left_and_later_posts_go_back_to_the_sender() {
@@ -31,16 +34,27 @@ ktest::suite! {
         assert!(mb.close().is_empty());
     }
 
-    fn mailbox_reset_reopens_a_closed_mailbox_empty() {
+    fn mailbox_reopen_reopens_a_closed_mailbox_empty() {
         let mb = Mailbox::new();
         mb.close();
         assert_eq!(mb.post(0xF0), Post::Closed);
-        mb.reset();
+        mb.reopen();
         assert!(!mb.closed() && !mb.outstanding());
         assert_eq!(mb.post(0x41), Post::Kick);
         let d = mb.drain();
         assert_eq!(d.iter().count(), 1);
         assert!(d.contains(0x41));
+    }
+
+    fn mailbox_reopen_keeps_a_post_in_flight() {
+        let mb = Mailbox::new();
+        mb.close();
+        // A sender set 0x31's bit (PIR word 1) and is preempted before its
+        // word-0 RMW; the owner's engine is created again meanwhile.
+        assert!(mb.post_first_step(0x31));
+        mb.reopen();
+        assert_eq!(mb.post_second_step(0x31), Post::Kick);
+        assert!(mb.drain().contains(0x31));
     }
 
     fn mailbox_first_post_into_an_empty_mailbox_asks_for_a_kick() {
@@ -125,7 +139,7 @@ ktest::suite! {
 
     fn fabric_skips_absent_slots() {
         let slots = [const { VcpuShared::new() }; 4];
-        let fabric = Fabric::new(&slots);
+        let fabric = Fabric::new(&slots, &VM);
         let mut hits = 0;
         fabric.for_each_target(0, 0, &Destination::AllIncludingSelf, |_, _| hits += 1);
         assert_eq!(hits, 0);
@@ -136,7 +150,7 @@ ktest::suite! {
         let slots = [const { VcpuShared::new() }; 4];
         let addr = ApicAddress { id: 9, ldr: x2apic_ldr(9), format: DestinationFormat::Cluster, mode: ApicMode::X2Apic };
         slots[2].activate(9, &addr);
-        let fabric = Fabric::new(&slots);
+        let fabric = Fabric::new(&slots, &VM);
         let mut found = [false; 4];
         fabric.for_each_target(0, 0, &Destination::Physical { id: 9, x2apic: true }, |i, _| found[i] = true);
         assert_eq!(found, [false, false, true, false]);
@@ -146,7 +160,7 @@ ktest::suite! {
         let slots = [const { VcpuShared::new() }; 2];
         let addr = ApicAddress { id: 1, ldr: 0, format: DestinationFormat::Flat, mode: ApicMode::Disabled };
         slots[1].activate(1, &addr);
-        let fabric = Fabric::new(&slots);
+        let fabric = Fabric::new(&slots, &VM);
         let mut hits = 0;
         fabric.for_each_target(0, 0, &Destination::AllExcludingSelf, |_, _| hits += 1);
         fabric.for_each_target(0, 0, &Destination::Physical { id: 1, x2apic: true }, |_, _| hits += 1);
@@ -186,21 +200,21 @@ ktest::suite! {
     }
 
     fn registration_counts_up_and_down_from_the_boot_reference() {
-        let mut r = Registration::new(true);
+        let r = RegistrationCount::new();
         assert_eq!(r.configure(configure::QUERY), Ok(ConfigureStep::Count(1)));
         assert_eq!(r.configure(configure::REGISTER), Ok(ConfigureStep::Count(2)));
         assert_eq!(r.configure(configure::DEREGISTER), Ok(ConfigureStep::Count(1)));
         assert_eq!(r.configure(configure::DEREGISTER), Ok(ConfigureStep::HandBack));
-        // Not committed until the hand-back succeeded.
-        assert_eq!(r.count(), 1);
-        r.complete_hand_back();
+        assert_eq!(r.count(), 0);
+        // At 0: register fails, deregister and query hand back, never below 0.
         assert_eq!(r.configure(configure::REGISTER), Err(ResultCode::CannotRegister));
-        assert_eq!(r.configure(configure::DEREGISTER), Err(ResultCode::InvalidRequest));
-        assert_eq!(r.configure(configure::QUERY), Ok(ConfigureStep::Count(0)));
+        assert_eq!(r.configure(configure::DEREGISTER), Ok(ConfigureStep::HandBack));
+        assert_eq!(r.configure(configure::QUERY), Ok(ConfigureStep::HandBack));
+        assert_eq!(r.count(), 0);
     }
 
     fn registration_rejects_unknown_operations() {
-        let mut r = Registration::new(true);
+        let r = RegistrationCount::new();
         assert_eq!(r.configure(3), Err(ResultCode::InvalidParameter));
         assert_eq!(r.configure(u64::MAX), Err(ResultCode::InvalidParameter));
         assert_eq!(r.count(), 1);
@@ -254,7 +268,7 @@ ktest::suite! {
                 guest_vmpl: vmpl,
                 ..crate::testing::Fixture::<1>::config(0)
             };
-            let r = crate::engine::VcpuEngine::new(config, Fabric::new(&slots));
+            let r = crate::engine::VcpuEngine::new(config, Fabric::new(&slots, &VM));
             assert_eq!(r.err(), Some(crate::engine::Fatal::BadVmpl));
         }
         assert!(!slots[0].present());

@@ -187,4 +187,72 @@ ktest::suite! {
         assert!(!f.vmsa(0).unwrap().event_inj().valid());
         assert_eq!(forged(&f), 2);
     }
+
+    fn recall_keeps_both_instances_of_a_reinjected_vector() {
+        let mut f = one_vcpu();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        // 0x41's delivery is interrupted: re-injected, in ISR.
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
+        hw_run(vmsa, GuestRun { interrupt_delivery: true, exit: ExitCode::NPF, ..GuestRun::NORMAL });
+        f.after_exit(0).unwrap();
+        // A second instance arrives; the next run never enters the guest
+        // (before_run twice takes back what the first presented).
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        f.before_run(0).unwrap();
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
+        let d = hw_run(vmsa, GuestRun::NORMAL);
+        f.after_exit(0).unwrap();
+        assert!(is_intr(d.event, 0x41));
+        f.write_msr(0, 0x80B, 0).unwrap();
+        // The second instance follows the first.
+        let d = f.cycle(0, GuestRun::NORMAL).unwrap();
+        assert!(is_intr(d.event, 0x41));
+        f.write_msr(0, 0x80B, 0).unwrap();
+        let e = f.engine(0).unwrap();
+        assert!(e.apic().isr().is_empty() && e.apic().irr().is_empty());
+    }
+
+    fn exit_int_info_of_a_run_that_never_entered_the_guest_is_dropped() {
+        let mut f = one_vcpu();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        // 0x41 re-injected (ISR, EVENTINJ), a second 0x41 pending in IRR.
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
+        hw_run(vmsa, GuestRun { interrupt_delivery: true, exit: ExitCode::NPF, ..GuestRun::NORMAL });
+        f.after_exit(0).unwrap();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        f.before_run(0).unwrap();
+        // VMRUN fails (EVENTINJ untouched), yet the host claims a #PF was
+        // being delivered.
+        let vmsa = f.vmsa(0).unwrap();
+        vmsa.set_exit_code(ExitCode::BUSY);
+        vmsa.set_exit_int_info(EventInj::exception(14, Some(0)));
+        f.after_exit(0).unwrap();
+        assert_eq!(forged(&f), 1);
+        // Both instances of 0x41 still reach the guest, one after the other.
+        for _ in 0..2 {
+            let d = f.cycle(0, GuestRun::NORMAL).unwrap();
+            assert!(is_intr(d.event, 0x41));
+            f.write_msr(0, 0x80B, 0).unwrap();
+        }
+        let e = f.engine(0).unwrap();
+        assert!(e.apic().isr().is_empty() && e.apic().irr().is_empty());
+    }
+
+    fn exit_int_info_on_an_instruction_exit_is_dropped() {
+        let mut f = one_vcpu();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        // 0x41 is delivered; the exit is the guest's VMGEXIT, an instruction
+        // intercept, yet EXITINTINFO claims 0x41 was being delivered.
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
+        let d = hw_run(vmsa, GuestRun::NORMAL);
+        assert!(is_intr(d.event, 0x41));
+        vmsa.set_exit_int_info(EventInj::external_interrupt(0x41));
+        f.after_exit(0).unwrap();
+        assert!(!f.vmsa(0).unwrap().event_inj().valid());
+        assert_eq!(forged(&f), 1);
+    }
 }

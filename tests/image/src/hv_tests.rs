@@ -20,6 +20,9 @@ use doorbell::DoorbellFlags;
 use kernel::protocol::{ApicCall, ResultCode};
 use kernel::testing::{Fixture, GUEST_VMPL, GuestRun, hw_run};
 use kernel::{Env, Fabric};
+
+/// The VM-wide state (registration count) of the guests these tests drive.
+static VM: kernel::VmShared = kernel::VmShared::new();
 use vmsa::EventType;
 
 use crate::hv::{DOORBELL, GUESTS, STATS, VMPL0_TPR, guests, model};
@@ -101,7 +104,7 @@ fn guest_cycle(
 ) -> u64 {
     let env = Env {
         platform,
-        fabric: Fabric::new(shared),
+        fabric: Fabric::new(shared, &VM),
         doorbell: &doorbells[i],
         caa_no_eoi: caa.get(i),
     };
@@ -396,6 +399,9 @@ ktest::suite! {
         let Fixture {
             platform,
             shared,
+            // The engine calls below use the static `VM` (no registration
+            // calls here).
+            vm: _,
             doorbells,
             vmsas,
             caa,

@@ -781,7 +781,7 @@ impl Sim {
 
     fn hostile_guest_op(&mut self, i: usize, cost: u64) -> Op {
         let k = self.rng.index(HOSTILE_CALLS.len().saturating_add(5));
-        let registered = self.vcpus.get(i).map_or(0, |v| v.guest.registered);
+        let registered = self.vm_registrations;
         let in_service = self.vcpus.get(i).is_some_and(|v| v.guest.has_intr_frame());
         let call = match k.checked_sub(HOSTILE_CALLS.len()) {
             None => Call::Hostile(k),
@@ -885,7 +885,13 @@ impl Sim {
         };
         match call {
             Call::Setup(step) => {
-                expect(self, &format!("boot step {step:?}"), ResultCode::Success);
+                // Registering fails once the VM-wide count is 0 (spec §5).
+                let want = if step == SetupStep::Register && self.vm_registrations == 0 {
+                    ResultCode::CannotRegister
+                } else {
+                    ResultCode::Success
+                };
+                expect(self, &format!("boot step {step:?}"), want);
                 let ok = code == ResultCode::Success;
                 let mut rcx_bad = None;
                 if let Some(v) = self.vcpus.get_mut(i) {
@@ -898,7 +904,8 @@ impl Sim {
                             SetupStep::X2apic => g.x2apic = true,
                             SetupStep::TimerInitial => g.timer_on = true,
                             SetupStep::Register => {
-                                let want = g.registered.saturating_add(1);
+                                let want = self.vm_registrations.saturating_add(1);
+                                self.vm_registrations = want;
                                 g.registered = want;
                                 if res.rcx != Some(u64::from(want)) {
                                     rcx_bad = Some(want);
@@ -926,7 +933,7 @@ impl Sim {
             Call::EoiNothing => {
                 let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
                 let want = if handed_back {
-                    ResultCode::InvalidRequest
+                    ResultCode::UnsupportedProtocol
                 } else {
                     ResultCode::Success
                 };
@@ -943,12 +950,17 @@ impl Sim {
                 self.stats.hostile_calls = self.stats.hostile_calls.saturating_add(1);
                 let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
                 match HOSTILE_CALLS.get(k) {
-                    // After the hand-back the SVSM no longer emulates: register
-                    // access and CONFIGURE_VECTOR are INVALID_REQUEST (spec §5).
-                    Some(h) if handed_back && matches!(h.call, 2..=4) => {
-                        expect(self, h.what, ResultCode::InvalidRequest);
+                    // After the hand-back every protocol-3 call answers
+                    // UNSUPPORTED_PROTOCOL on that vCPU (spec §5).
+                    Some(h) if handed_back => {
+                        expect(self, h.what, ResultCode::UnsupportedProtocol);
                     }
-                    Some(h) => expect(self, h.what, h.expect),
+                    Some(h) => {
+                        expect(self, h.what, h.expect);
+                        if code == ResultCode::Success && h.rcx == 0x830 && (h.rdx >> 8) & 7 == 1 {
+                            self.credit_lowest_priority(i, h.rdx);
+                        }
+                    }
                     None => expect(self, "call of protocol 7", ResultCode::UnsupportedProtocol),
                 }
             }
@@ -956,33 +968,35 @@ impl Sim {
                 expect(
                     self,
                     "READ_REGISTER after the hand-back",
-                    ResultCode::InvalidRequest,
+                    ResultCode::UnsupportedProtocol,
                 );
             }
             Call::Configure(op) => self.complete_configure(i, op, res),
         }
     }
 
+    /// CONFIGURE against the VM-wide count (spec §5): register fails once
+    /// it is 0; a deregister that leaves 0 or a query that finds 0 hands
+    /// back the calling vCPU only; after that every call on it answers
+    /// UNSUPPORTED_PROTOCOL.
     fn complete_configure(&mut self, i: usize, op: u64, res: CallResult) {
-        let (registered, deregistered) = self
-            .vcpus
-            .get(i)
-            .map_or((0, false), |v| (v.guest.registered, v.guest.deregistered));
+        let deregistered = self.vcpus.get(i).is_some_and(|v| v.guest.deregistered);
         let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
+        let vm = self.vm_registrations;
         let code = res.code;
-        let (want_code, want_rcx, new_count) = match op {
-            configure::QUERY => (ResultCode::Success, Some(u64::from(registered)), registered),
-            configure::REGISTER if deregistered => (ResultCode::CannotRegister, None, 0),
+        let (want_code, want_rcx, new_count, hand_back) = match op {
+            _ if deregistered => (ResultCode::UnsupportedProtocol, None, vm, false),
+            configure::QUERY => (ResultCode::Success, Some(u64::from(vm)), vm, vm == 0),
+            configure::REGISTER if vm == 0 => (ResultCode::CannotRegister, None, 0, false),
             configure::REGISTER => {
-                let c = registered.saturating_add(1);
-                (ResultCode::Success, Some(u64::from(c)), c)
+                let c = vm.saturating_add(1);
+                (ResultCode::Success, Some(u64::from(c)), c, false)
             }
-            configure::DEREGISTER if deregistered => (ResultCode::InvalidRequest, None, 0),
             configure::DEREGISTER => {
-                let c = registered.saturating_sub(1);
-                (ResultCode::Success, Some(u64::from(c)), c)
+                let c = vm.saturating_sub(1);
+                (ResultCode::Success, Some(u64::from(c)), c, c == 0)
             }
-            _ => (ResultCode::InvalidParameter, None, registered),
+            _ => (ResultCode::InvalidParameter, None, vm, false),
         };
         if code != want_code || (want_rcx.is_some() && res.rcx != want_rcx) {
             self.violation(
@@ -994,21 +1008,42 @@ impl Sim {
             );
         }
         self.stats.registration_calls = self.stats.registration_calls.saturating_add(1);
-        let now_deregistered = deregistered || (op == configure::DEREGISTER && new_count == 0);
-        if now_deregistered && !deregistered && !handed_back {
+        self.vm_registrations = new_count;
+        if hand_back && !handed_back {
             self.violation(
                 i,
-                "count reached 0 but the APIC was not handed back to the host",
+                "count at 0 but the calling vCPU's APIC was not handed back to the host",
             );
         }
         if let Some(v) = self.vcpus.get_mut(i) {
             v.guest.registered = new_count;
-            if now_deregistered && !v.guest.deregistered {
+            if hand_back && !v.guest.deregistered {
                 v.guest.deregistered = true;
                 if self.profile.hostile_guest {
                     v.guest.games_after_handback = 8;
                 }
             }
+        }
+    }
+
+    /// A lowest-priority IPI the engine accepted (spec §6) reaches exactly
+    /// one target: the lowest APIC ID (= index here) among the others
+    /// whose APIC is enabled (all-excluding-self is the only destination
+    /// the hostile table uses).
+    fn credit_lowest_priority(&mut self, from: usize, icr: u64) {
+        // Lossless: masked to 8 bits.
+        let vector = (icr & 0xFF) as u8;
+        let target = (0..self.n()).find(|&j| {
+            j != from
+                && self
+                    .m
+                    .shared
+                    .get(j)
+                    .and_then(|s| s.address())
+                    .is_some_and(|a| a.mode != apic::ApicMode::Disabled)
+        });
+        if let Some(j) = target {
+            self.credit_ipi(from, Dest::Physical(j as u32), vector, false);
         }
     }
 

@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use doorbell::DoorbellPage;
 use kernel::protocol::CallResult;
-use kernel::{Env, Fabric, VcpuEngine, VcpuShared};
+use kernel::{Env, Fabric, VcpuEngine, VcpuShared, VmShared};
 use vmsa::{EFER_SVME, EventInj, EventType, ExitCode, RFLAGS_IF, VIntrCtrl, VmsaAccess, VmsaPage};
 
 use crate::platform::{Effect, SimPlatform};
@@ -38,6 +38,8 @@ pub struct Harness {
     pub platform: SimPlatform,
     /// Shared slots.
     pub shared: Vec<VcpuShared>,
+    /// The VM-wide state (registration count).
+    pub vm: VmShared,
     /// Doorbell pages (the host writes anything into them).
     pub doorbells: Vec<DoorbellPage>,
     /// Guest VMSAs.
@@ -60,10 +62,11 @@ impl Harness {
     pub fn new(n: usize) -> Result<Self, String> {
         let n = n.clamp(1, 8);
         let shared: Vec<VcpuShared> = (0..n).map(|_| VcpuShared::new()).collect();
+        let vm = VmShared::new();
         let mut engines = Vec::with_capacity(n);
         for i in 0..n {
             engines.push(
-                VcpuEngine::new(crate::world::engine_config(i), Fabric::new(&shared))
+                VcpuEngine::new(crate::world::engine_config(i), Fabric::new(&shared, &vm))
                     .map_err(|e| format!("{e:?}"))?,
             );
         }
@@ -79,6 +82,7 @@ impl Harness {
         let mut h = Self {
             platform: SimPlatform::new(n),
             shared,
+            vm,
             doorbells: (0..n).map(|_| DoorbellPage::new()).collect(),
             vmsas,
             caa: (0..n).map(|_| AtomicU8::new(0)).collect(),
@@ -116,7 +120,7 @@ impl Harness {
         self.platform.now.set(self.now);
         let env = Env {
             platform: &self.platform,
-            fabric: Fabric::new(&self.shared),
+            fabric: Fabric::new(&self.shared, &self.vm),
             doorbell: self.doorbells.get(i)?,
             caa_no_eoi: self.caa.get(i),
         };

@@ -17,7 +17,7 @@ use core::sync::atomic::AtomicU8;
 
 use apic::LocalApic;
 use doorbell::DoorbellPage;
-use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared};
+use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared, VmShared};
 use vmsa::{EFER_SVME, RFLAGS_IF, SevFeatures, VIntrCtrl, VmsaAccess, VmsaPage};
 
 use crate::guest::Guest;
@@ -122,6 +122,8 @@ pub struct Machine {
     pub platform: SimPlatform,
     /// Every vCPU's shared slot.
     pub shared: Vec<VcpuShared>,
+    /// The VM-wide state (registration count).
+    pub vm: VmShared,
     /// One #HV doorbell page per vCPU.
     pub doorbells: Vec<DoorbellPage>,
     /// One guest VMSA per vCPU.
@@ -142,6 +144,7 @@ impl Machine {
         let Machine {
             platform,
             shared,
+            vm,
             doorbells,
             vmsas,
             caa,
@@ -151,7 +154,7 @@ impl Machine {
         let engine = engines.get_mut(i)?.as_mut()?;
         let env = Env {
             platform: &*platform,
-            fabric: Fabric::new(shared.as_slice()),
+            fabric: Fabric::new(shared.as_slice(), vm),
             doorbell: doorbells.get(i)?,
             caa_no_eoi: caa.get(i),
         };
@@ -259,6 +262,9 @@ pub struct Sim {
     /// call completed, as (target, vector, NMI): each IPI the guest sent to
     /// a handed-back vCPU must be among them (`credit_ipi`).
     pub forwarded: Vec<(usize, u8, bool)>,
+    /// The VM-wide APIC registration count the guests expect (spec §5:
+    /// one per VM, starting at 1).
+    pub vm_registrations: u32,
 }
 
 impl Sim {
@@ -285,6 +291,7 @@ impl Sim {
         let m = Machine {
             platform: SimPlatform::new(n),
             shared: (0..n).map(|_| VcpuShared::new()).collect(),
+            vm: VmShared::new(),
             doorbells: (0..n).map(|_| DoorbellPage::new()).collect(),
             vmsas,
             caa: (0..n).map(|_| AtomicU8::new(0)).collect(),
@@ -371,6 +378,7 @@ impl Sim {
             trace,
             effect_buf: Vec::with_capacity(256),
             forwarded: Vec::new(),
+            vm_registrations: 1,
         }
     }
 
@@ -486,18 +494,19 @@ impl Sim {
     /// Creates vCPU `i`'s engine (its VMSA is made) and starts it.
     fn create_vcpu(&mut self, i: usize) {
         let config = engine_config(i);
-        let created = match VcpuEngine::new(config, Fabric::new(self.m.shared.as_slice())) {
-            Ok(engine) => {
-                if let Some(slot) = self.m.engines.get_mut(i) {
-                    *slot = Some(engine);
+        let created =
+            match VcpuEngine::new(config, Fabric::new(self.m.shared.as_slice(), &self.m.vm)) {
+                Ok(engine) => {
+                    if let Some(slot) = self.m.engines.get_mut(i) {
+                        *slot = Some(engine);
+                    }
+                    true
                 }
-                true
-            }
-            Err(fatal) => {
-                self.violation(i, format!("engine creation failed: {fatal:?}"));
-                false
-            }
-        };
+                Err(fatal) => {
+                    self.violation(i, format!("engine creation failed: {fatal:?}"));
+                    false
+                }
+            };
         let now = self.now;
         if created {
             self.stats.vcpus_created = self.stats.vcpus_created.saturating_add(1);
