@@ -50,7 +50,8 @@ pub struct ApicConfig {
     pub apic_id: u32,
     /// Bootstrap processor (APIC_BASE bit 8).
     pub bsp: bool,
-    /// `now` ticks per APIC timer bus cycle (>= 1; 0 is treated as 1).
+    /// `now` ticks per APIC timer bus cycle (>= 1; 0 is treated as 1). Only
+    /// the timer uses it: an SVSM without a platform timer keeps the default.
     pub ticks_per_bus_cycle: u32,
     /// Advertise and honour directed EOI / EOI-broadcast suppression
     /// (version bit 24, SVR bit 12).

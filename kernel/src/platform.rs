@@ -40,9 +40,34 @@ pub mod ghcb {
 /// Vector COCONUT-SVSM configures as the notification vector \[impl\].
 pub const DEFAULT_NOTIFICATION_VECTOR: u8 = 0x50;
 
-/// The hypervisor failed or refused a GHCB call (SW_EXITINFO1 non-zero).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct PlatformError;
+/// The hypervisor failed or refused a GHCB call, with what it returned
+/// (GHCB spec 56421: SW_EXITINFO1 non-zero, SW_EXITINFO2 the reason), so
+/// the SVSM's own logs can tell one failure from another. The engine only
+/// counts (`Counters::platform_errors`) and logs it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PlatformError {
+    /// SW_EXITINFO1 as the host left it (non-zero on error).
+    pub exit_info1: u64,
+    /// SW_EXITINFO2 as the host left it (the error detail, if any).
+    pub exit_info2: u64,
+}
+
+impl PlatformError {
+    /// A failure with no GHCB detail (a platform that is not a GHCB, a
+    /// call the platform refused before reaching the host).
+    pub const UNSPECIFIED: Self = Self {
+        exit_info1: 0,
+        exit_info2: 0,
+    };
+
+    /// The failure the host reported in the GHCB.
+    pub const fn ghcb(exit_info1: u64, exit_info2: u64) -> Self {
+        Self {
+            exit_info1,
+            exit_info2,
+        }
+    }
+}
 
 /// The platform has no one-shot timer for VMPL0 (no #HV timer feature, bit 3
 /// of the hypervisor features): the guest must use the host's timer.
@@ -190,23 +215,34 @@ pub trait Platform {
     /// hand-back unless the host keeps it some other way.
     fn hand_back_timer(&self, vmpl: u8, timer: &GuestTimer) -> Result<(), PlatformError> {
         let _ = (vmpl, timer);
-        Err(PlatformError)
+        Err(PlatformError::UNSPECIFIED)
     }
 }
 
+/// Where the #HV doorbell page of a vCPU lives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DoorbellGpa {
+    /// A page the SVSM allocated itself (shared/unencrypted): works with
+    /// every host that offers the doorbell call.
+    At(u64),
+    /// Ask the host for its preferred GPA first (sub-function 0). Not every
+    /// host implements that sub-function; use `At` where it fails.
+    HostPreferred,
+}
+
 /// The GHCB set-up of one vCPU before its engine is created: registers the
-/// #HV doorbell page (at `doorbell_gpa`, or at the hypervisor's preferred
-/// GPA when `None`) and configures the notification vector. Returns the
+/// #HV doorbell page and configures the notification vector. Returns the
 /// GPA of the registered page, which the SVSM then maps (shared) and views
-/// with `DoorbellPage::from_bytes_mut`.
+/// with `DoorbellPage::from_bytes_mut`. Nothing is registered when asking
+/// for the host's preferred GPA fails.
 pub fn setup_vcpu<P: Platform + ?Sized>(
     platform: &P,
-    doorbell_gpa: Option<u64>,
+    doorbell: DoorbellGpa,
     notification_vector: u8,
 ) -> Result<u64, PlatformError> {
-    let gpa = match doorbell_gpa {
-        Some(gpa) => gpa,
-        None => platform.doorbell_page(DoorbellRequest::GetPreferred)?,
+    let gpa = match doorbell {
+        DoorbellGpa::At(gpa) => gpa,
+        DoorbellGpa::HostPreferred => platform.doorbell_page(DoorbellRequest::GetPreferred)?,
     };
     platform.doorbell_page(DoorbellRequest::Set(gpa))?;
     platform.configure_notification_vector(notification_vector)?;

@@ -114,6 +114,8 @@ pub struct MockPlatform {
     pub fail_specific_eoi: AtomicBool,
     /// Make disable-AI calls fail.
     pub fail_disable_ai: AtomicBool,
+    /// A host without the doorbell's get-preferred sub-function.
+    pub no_preferred_doorbell: AtomicBool,
     /// Guest timers handed back, as (lvt, divide, initial, current, tsc
     /// deadline, deadline or `u64::MAX`), the last one.
     pub guest_timers: CallLog,
@@ -142,6 +144,7 @@ impl MockPlatform {
             fail_hv_ipi: AtomicBool::new(false),
             fail_specific_eoi: AtomicBool::new(false),
             fail_disable_ai: AtomicBool::new(false),
+            no_preferred_doorbell: AtomicBool::new(false),
             guest_timers: CallLog::new(),
             last_guest_timer: [const { AtomicU64::new(0) }; 6],
         }
@@ -179,7 +182,7 @@ impl MockPlatform {
 impl Platform for MockPlatform {
     fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError> {
         if self.fail_hv_ipi.load(Ordering::Acquire) {
-            return Err(PlatformError);
+            return Err(PlatformError::ghcb(1, 0));
         }
         self.hv_ipis.record(icr);
         Ok(())
@@ -187,7 +190,7 @@ impl Platform for MockPlatform {
 
     fn specific_eoi(&self, vmpl: u8, vector: u8) -> Result<(), PlatformError> {
         if self.fail_specific_eoi.load(Ordering::Acquire) {
-            return Err(PlatformError);
+            return Err(PlatformError::ghcb(1, 0));
         }
         self.specific_eois
             .record(crate::platform::specific_eoi_info(vmpl, vector));
@@ -196,7 +199,7 @@ impl Platform for MockPlatform {
 
     fn disable_alternate_injection(&self, request: DisableAiRequest) -> Result<(), PlatformError> {
         if self.fail_disable_ai.load(Ordering::Acquire) {
-            return Err(PlatformError);
+            return Err(PlatformError::ghcb(1, 0));
         }
         self.disable_ai.record(request.exit_info1());
         Ok(())
@@ -210,6 +213,11 @@ impl Platform for MockPlatform {
     fn doorbell_page(&self, request: DoorbellRequest) -> Result<u64, PlatformError> {
         let (info1, _) = request.exit_info();
         self.doorbell_calls.record(info1);
+        if request == DoorbellRequest::GetPreferred
+            && self.no_preferred_doorbell.load(Ordering::Acquire)
+        {
+            return Err(PlatformError::ghcb(1, 0));
+        }
         Ok(match request {
             DoorbellRequest::GetPreferred => PREFERRED_DOORBELL_GPA,
             DoorbellRequest::Set(gpa) => {

@@ -249,16 +249,28 @@ ktest::suite! {
 
     fn vcpu_setup_registers_the_doorbell_then_the_notification_vector() {
         let p = crate::testing::MockPlatform::new();
-        let gpa = crate::platform::setup_vcpu(&p, Some(0x8000), 0x50).unwrap();
+        let gpa = crate::platform::setup_vcpu(&p, crate::platform::DoorbellGpa::At(0x8000), 0x50).unwrap();
         assert_eq!(gpa, 0x8000);
         assert_eq!(p.doorbell_calls.count(), 1);
         assert_eq!(p.doorbell_calls.last(), Some(crate::platform::ghcb::DOORBELL_SET));
         assert_eq!(p.notification_vectors.last(), Some(0x50));
-        let gpa = crate::platform::setup_vcpu(&p, None, 0x50).unwrap();
+        let gpa = crate::platform::setup_vcpu(&p, crate::platform::DoorbellGpa::HostPreferred, 0x50).unwrap();
         assert_eq!(gpa, crate::testing::PREFERRED_DOORBELL_GPA);
         assert_eq!(p.doorbell_page(crate::platform::DoorbellRequest::Query), Ok(gpa));
         assert_eq!(p.doorbell_calls.get(1), Some(crate::platform::ghcb::DOORBELL_GET_PREFERRED));
         assert_eq!(p.doorbell_calls.get(2), Some(crate::platform::ghcb::DOORBELL_SET));
+    }
+
+    fn vcpu_setup_without_a_host_preferred_gpa_registers_nothing() {
+        let p = crate::testing::MockPlatform::new();
+        p.no_preferred_doorbell.store(true, core::sync::atomic::Ordering::Release);
+        let r = crate::platform::setup_vcpu(&p, crate::platform::DoorbellGpa::HostPreferred, 0x50);
+        assert_eq!(r, Err(crate::platform::PlatformError::ghcb(1, 0)));
+        assert_eq!(p.doorbell_calls.count(), 1);
+        assert_eq!(p.notification_vectors.count(), 0);
+        // The SVSM's own page works on that host.
+        let gpa = crate::platform::setup_vcpu(&p, crate::platform::DoorbellGpa::At(0x9000), 0x50);
+        assert_eq!(gpa, Ok(0x9000));
     }
 
     fn engine_refuses_a_guest_vmpl_without_a_descriptor() {

@@ -77,7 +77,7 @@ impl Platform for SimPlatform {
         let fail = self.fail_hv_ipi.get();
         if fail != 0 {
             self.fail_hv_ipi.set(fail.saturating_sub(1));
-            return Err(PlatformError);
+            return Err(PlatformError::UNSPECIFIED);
         }
         self.push(Effect::Kick {
             from: self.current.get(),
