@@ -119,12 +119,7 @@ fn benches(c: &mut Criterion) {
     let fabric = Fabric::new(&slots, &vm);
     let doorbell = Box::new(DoorbellPage::new());
     let caa = AtomicU8::new(0);
-    let env = Env {
-        platform: &platform,
-        fabric,
-        doorbell: &doorbell,
-        caa_no_eoi: Some(&caa),
-    };
+    let env = Env::new(&platform, fabric, &doorbell).with_no_eoi_byte(Some(&caa));
     let mut vmsa = Box::new(VmsaPage::new());
     vmsa.set_rflags(RFLAGS_IF);
 

@@ -58,13 +58,14 @@ mod handback;
 mod ipi;
 mod timer;
 
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::Ordering;
 
 use apic::{ApicConfig, ApicMode, LocalApic, RequestOutcome, Trigger, WriteEffect};
 use doorbell::{Descriptor, DescriptorStatus, DoorbellPage, PendingInterrupts};
 use vmsa::rules::{self, Reinjection, VirqOutcome};
 use vmsa::{EventInj, EventType, ExitKind, RFLAGS_IF, VmsaAccess};
 
+use crate::caa::NoEoiByte;
 use crate::counters::{Counters, bump};
 use crate::exit_event::{self, Presented};
 use crate::fabric::{Fabric, VcpuShared, pack_address};
@@ -118,8 +119,29 @@ pub struct Env<'a, P: ?Sized> {
     /// This vCPU's #HV doorbell page.
     pub doorbell: &'a DoorbellPage,
     /// Byte 2 (`no_eoi_required`) of the guest's calling area, when the
-    /// guest has one mapped; `None` disables lazy EOI.
-    pub caa_no_eoi: Option<&'a AtomicU8>,
+    /// guest has one; `None` disables lazy EOI.
+    pub caa_no_eoi: Option<&'a dyn NoEoiByte>,
+}
+
+impl<'a, P: ?Sized> Env<'a, P> {
+    /// An environment without lazy EOI.
+    pub fn new(platform: &'a P, fabric: Fabric<'a>, doorbell: &'a DoorbellPage) -> Self {
+        Self {
+            platform,
+            fabric,
+            doorbell,
+            caa_no_eoi: None,
+        }
+    }
+
+    /// The same, with lazy EOI through the guest's `no_eoi_required` byte
+    /// (`None`: without).
+    pub fn with_no_eoi_byte(self, byte: Option<&'a dyn NoEoiByte>) -> Self {
+        Self {
+            caa_no_eoi: byte,
+            ..self
+        }
+    }
 }
 
 /// A state the engine cannot repair: the SVSM must stop the guest.
@@ -526,6 +548,12 @@ impl VcpuEngine {
 
     /// Sets or clears the calling area's `no_eoi_required` (module doc).
     fn arm_lazy_eoi<P: ?Sized>(&mut self, env: &Env<'_, P>) {
+        // Armed still: the last exit could not read the byte back, so
+        // whether the guest skipped its EOI is unknown; it is read again at
+        // the next exit, and the byte is left as the guest left it.
+        if self.lazy_eoi_armed {
+            return;
+        }
         let Some(byte) = env.caa_no_eoi else {
             return;
         };
@@ -544,7 +572,11 @@ impl VcpuEngine {
         // request of it cleared its TMR bit: the host waits for its EOI.
         let safe =
             lone.is_some_and(|v| !self.apic.tmr().contains(v) && !self.host_level.contains(v));
-        byte.store(u8::from(safe), Ordering::Release);
+        if byte.store(u8::from(safe)).is_err() {
+            bump(&mut self.counters.platform_errors);
+            self.lazy_eoi_armed = false;
+            return;
+        }
         self.lazy_eoi_armed = safe;
     }
 
@@ -731,12 +763,16 @@ impl VcpuEngine {
         }
 
         if self.lazy_eoi_armed {
-            self.lazy_eoi_armed = false;
-            if let Some(byte) = env.caa_no_eoi
-                && byte.swap(0, Ordering::AcqRel) == 0
-            {
-                bump(&mut self.counters.lazy_eois);
-                self.eoi(env);
+            match env.caa_no_eoi.map(|byte| byte.swap(0)) {
+                Some(Ok(0)) => {
+                    self.lazy_eoi_armed = false;
+                    bump(&mut self.counters.lazy_eois);
+                    self.eoi(env);
+                }
+                // Unreachable now: stays armed and is read at the next exit
+                // (an EOI on a guess could retire the wrong vector).
+                Some(Err(_)) => bump(&mut self.counters.platform_errors),
+                Some(Ok(_)) | None => self.lazy_eoi_armed = false,
             }
         }
     }

@@ -27,6 +27,8 @@ mod sync;
 pub mod mailbox;
 
 #[cfg(not(feature = "loom"))]
+pub mod caa;
+#[cfg(not(feature = "loom"))]
 pub mod counters;
 #[cfg(not(feature = "loom"))]
 pub mod engine;

@@ -12,6 +12,7 @@ use apic::ApicConfig;
 use doorbell::DoorbellPage;
 use vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
+use crate::caa::NoEoiByte;
 use crate::engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 use crate::fabric::{Fabric, VcpuShared, VmShared};
 use crate::platform::{
@@ -462,12 +463,12 @@ impl<const N: usize> Fixture<N> {
             engines,
         } = self;
         let engine = engines.get_mut(i)?.as_mut()?;
-        let env = Env {
-            platform: &*platform,
-            fabric: Fabric::new(shared.as_slice(), vm),
-            doorbell: doorbells.get(i)?,
-            caa_no_eoi: caa.get(i),
-        };
+        let env = Env::new(
+            &*platform,
+            Fabric::new(shared.as_slice(), vm),
+            doorbells.get(i)?,
+        )
+        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn NoEoiByte));
         Some((engine, env, vmsas.get_mut(i)?))
     }
 

@@ -267,7 +267,7 @@ ktest::suite! {
         let fabric = Fabric::new(&shared, &vm);
         let platform = RacingPlatform { mock: MockPlatform::new(), slot: &shared[0], vector: 0x66 };
         let doorbell = doorbell::DoorbellPage::new();
-        let env = Env { platform: &platform, fabric, doorbell: &doorbell, caa_no_eoi: None };
+        let env = Env::new(&platform, fabric, &doorbell);
         let mut vmsa = VmsaPage::new();
         vmsa.set_rflags(RFLAGS_IF);
         let mut engine = VcpuEngine::new(Fixture::<2>::config(0), fabric).unwrap();

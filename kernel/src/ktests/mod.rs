@@ -14,6 +14,7 @@
 )]
 
 pub mod busy;
+pub mod caa;
 pub mod flow;
 pub mod handback;
 pub mod host_level;
@@ -38,6 +39,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     host_level::TESTS,
     handback::TESTS,
     registration::TESTS,
+    caa::TESTS,
 ];
 
 use crate::testing::Fixture;

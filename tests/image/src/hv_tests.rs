@@ -102,12 +102,8 @@ fn guest_cycle(
     engine: &mut kernel::VcpuEngine,
     vmsa: &mut vmsa::VmsaPage,
 ) -> u64 {
-    let env = Env {
-        platform,
-        fabric: Fabric::new(shared, &VM),
-        doorbell: &doorbells[i],
-        caa_no_eoi: caa.get(i),
-    };
+    let env = Env::new(platform, Fabric::new(shared, &VM), &doorbells[i])
+        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn kernel::caa::NoEoiByte));
     guests::IN_ENGINE.store(true, SeqCst);
     engine.before_run(&env, vmsa).unwrap();
     guests::IN_ENGINE.store(false, SeqCst);

@@ -118,12 +118,12 @@ impl Harness {
     ) -> Option<R> {
         self.platform.current.set(i);
         self.platform.now.set(self.now);
-        let env = Env {
-            platform: &self.platform,
-            fabric: Fabric::new(&self.shared, &self.vm),
-            doorbell: self.doorbells.get(i)?,
-            caa_no_eoi: self.caa.get(i),
-        };
+        let env = Env::new(
+            &self.platform,
+            Fabric::new(&self.shared, &self.vm),
+            self.doorbells.get(i)?,
+        )
+        .with_no_eoi_byte(self.caa.get(i).map(|b| b as &dyn kernel::caa::NoEoiByte));
         let engine = self.engines.get_mut(i)?;
         let vmsa = self.vmsas.get_mut(i)?;
         Some(f(engine, &env, vmsa))

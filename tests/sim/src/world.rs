@@ -152,12 +152,12 @@ impl Machine {
         } = self;
         platform.current.set(i);
         let engine = engines.get_mut(i)?.as_mut()?;
-        let env = Env {
-            platform: &*platform,
-            fabric: Fabric::new(shared.as_slice(), vm),
-            doorbell: doorbells.get(i)?,
-            caa_no_eoi: caa.get(i),
-        };
+        let env = Env::new(
+            &*platform,
+            Fabric::new(shared.as_slice(), vm),
+            doorbells.get(i)?,
+        )
+        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn kernel::caa::NoEoiByte));
         Some(f(engine, &env, vmsas.get_mut(i)?))
     }
 }
