@@ -54,6 +54,7 @@
 //! being re-injected is reported as [`Fatal::NestedMachineCheck`] (on
 //! hardware a #MC during #MC delivery shuts the CPU down), never a panic.
 
+mod cancel;
 mod handback;
 mod ipi;
 mod timer;

@@ -499,6 +499,13 @@ impl<const N: usize> Fixture<N> {
         engine.after_exit(&env, vmsa)
     }
 
+    /// `cancel_run` of vCPU `i` (a run the SVSM did not make).
+    pub fn cancel_run(&mut self, i: usize) -> Result<(), Fatal> {
+        let (engine, env, vmsa) = self.parts(i).ok_or(Fatal::NoSlot)?;
+        engine.cancel_run(&env, vmsa);
+        Ok(())
+    }
+
     /// One whole cycle: `before_run`, the modelled hardware run, `after_exit`.
     pub fn cycle(&mut self, i: usize, run: GuestRun) -> Result<HwDelivery, Fatal> {
         self.before_run(i)?;

@@ -15,6 +15,7 @@
 
 pub mod busy;
 pub mod caa;
+pub mod cancel;
 pub mod flow;
 pub mod handback;
 pub mod host_level;
@@ -40,6 +41,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     handback::TESTS,
     registration::TESTS,
     caa::TESTS,
+    cancel::TESTS,
 ];
 
 use crate::testing::Fixture;
