@@ -1,4 +1,5 @@
-//! Device-like sources of the `device` program: at seeded random times the
+//! Device-like sources: in the `device` program (and, sparser, as
+//! background noise in every other program) at seeded random times the
 //! host posts, into a seeded random vCPU's doorbell page, an edge vector
 //! (0x70-0x7F), the vCPU's level line (vector 0x90, re-asserted only after
 //! its specific EOI) or an NMI, and raises #HV through the real LAPIC. Each
@@ -13,8 +14,9 @@ use super::harness::{HarnessWorld, Rng, RunConfig, post_edge, signal};
 use super::ledger::{self, HOST};
 use crate::{cpu, time};
 
-/// Most time between two posts.
+/// Most time between two posts (device program / noise in the others).
 const MAX_GAP_US: u64 = 200;
+const NOISE_MAX_GAP_US: u64 = 2_000;
 /// How long the drain may take before the run finishes anyway (the
 /// verdict then reports the claims left as lost).
 const DRAIN_MS: u64 = 2_000;
@@ -32,6 +34,10 @@ pub struct Devices {
     posted: u64,
     target: u64,
     phase: Phase,
+    /// Background noise: posts until every vCPU asked to stop, never to
+    /// one that did.
+    noise: bool,
+    max_gap_us: u64,
 }
 
 impl Devices {
@@ -42,6 +48,12 @@ impl Devices {
             posted: 0,
             target: u64::from(cfg.rounds).saturating_mul(cfg.vcpus as u64),
             phase: Phase::Posting,
+            noise: cfg.program != guest::Program::Device,
+            max_gap_us: if cfg.program == guest::Program::Device {
+                MAX_GAP_US
+            } else {
+                NOISE_MAX_GAP_US
+            },
         }
     }
 
@@ -55,10 +67,13 @@ impl Devices {
                 }
                 let gap = self
                     .rng
-                    .below(MAX_GAP_US.saturating_mul(time::tsc_per_ms()) / 1000);
+                    .below(self.max_gap_us.saturating_mul(time::tsc_per_ms()) / 1000);
                 self.next_at = now.saturating_add(gap);
                 if self.post_one(w) {
                     self.posted = self.posted.saturating_add(1);
+                }
+                if self.noise {
+                    return;
                 }
                 if self.posted >= self.target {
                     self.phase = Phase::Draining(time::Deadline::after_ms(DRAIN_MS));
@@ -82,6 +97,9 @@ impl Devices {
         let n = w.cfg().vcpus as u64;
         let k = self.rng.below(n) as usize;
         let kind = self.rng.below(100);
+        if w.done_asked(k) {
+            return false;
+        }
         let Some(page) = w.doorbells().get(k) else {
             return false;
         };

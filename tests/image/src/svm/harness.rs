@@ -29,8 +29,10 @@ use crate::{cpu, lapic, time};
 pub const HOST_TIMER_VECTOR: u8 = 22;
 /// Guest VMPL (spec §1).
 const GUEST_VMPL: u8 = 2;
-/// Time slice of a guest vCPU.
-const SLICE_NS: u64 = 500_000;
+/// Time slice of a guest vCPU: 100 µs to 1 ms, from the seed.
+fn slice_ns(seed: u64) -> u64 {
+    Rng::new(seed ^ 0x51CE).below(900_000).wrapping_add(100_000)
+}
 
 /// What one run does.
 #[derive(Clone, Copy, Debug)]
@@ -230,7 +232,10 @@ pub struct World<'a> {
     slots: &'a [VcpuShared; MAX_VCPUS],
     halted: [bool; MAX_VCPUS],
     done: [bool; MAX_VCPUS],
+    /// The guest asked to stop: devices no longer post to it.
+    done_asked: [bool; MAX_VCPUS],
     configured: [bool; MAX_VCPUS],
+    slice_ns: u64,
     report: Report,
 }
 
@@ -290,7 +295,9 @@ pub fn run(cfg: RunConfig) -> Report {
         slots: &slots,
         halted: [false; MAX_VCPUS],
         done: [false; MAX_VCPUS],
+        done_asked: [false; MAX_VCPUS],
         configured: [false; MAX_VCPUS],
+        slice_ns: slice_ns(cfg.seed),
         report: Report::new(cfg),
     };
     let started = cpu::rdtsc();
@@ -328,15 +335,55 @@ fn placeholder_engine(k: usize, slots: &[VcpuShared; MAX_VCPUS]) -> VcpuEngine {
     }
 }
 
+/// Host-side ledger of the guest's APIC timer around one engine call: an
+/// expiry is a new instance only when it put the vector into IRR (a masked
+/// timer expires without a request, a vector already in IRR coalesces), or
+/// straight into EVENTINJ (IRR -> ISR within `before_run`).
+struct TimerWatch {
+    fires: u64,
+    in_irr: bool,
+    eventinj_busy: bool,
+}
+
+impl TimerWatch {
+    fn before(engine: &VcpuEngine, vcpu: &Vcpu) -> Self {
+        Self {
+            fires: engine.counters().timer_fires,
+            in_irr: engine.apic().irr().contains(vec::TIMER),
+            eventinj_busy: vcpu.event_inj().valid(),
+        }
+    }
+
+    /// `call`: after a register call, where the APIC polls the timer
+    /// itself (LVT, initial count and divide writes) without the engine's
+    /// `timer_fires` and nothing is presented.
+    fn after(&self, k: usize, engine: &VcpuEngine, vcpu: &Vcpu, call: bool) {
+        if self.in_irr || (!call && engine.counters().timer_fires == self.fires) {
+            return;
+        }
+        let ev = vcpu.event_inj();
+        let injected = !self.eventinj_busy
+            && ev.valid()
+            && ev.event_type() == vmsa::EventType::Intr
+            && ev.vector() == vec::TIMER;
+        if engine.apic().irr().contains(vec::TIMER) || injected {
+            HOST.add(k, usize::from(vec::TIMER));
+        }
+    }
+}
+
 /// Converts a TSC interval to LAPIC timer ticks (QEMU: 1 GHz, divide by 1).
 fn tsc_to_ns(ticks: u64) -> u64 {
-    ticks.saturating_mul(1_000_000) / time::tsc_per_ms().max(1)
+    ticks
+        .saturating_mul(1_000_000)
+        .checked_div(time::tsc_per_ms())
+        .unwrap_or(0)
 }
 
 /// Arms the host timer for the earliest engine deadline or the slice.
-fn arm_host_timer(platforms: &[HostPlatform]) {
+fn arm_host_timer(platforms: &[HostPlatform], slice_ns: u64) {
     let now = cpu::rdtsc();
-    let slice_end = now.saturating_add(SLICE_NS.saturating_mul(time::tsc_per_ms()) / 1_000_000);
+    let slice_end = now.saturating_add(slice_ns.saturating_mul(time::tsc_per_ms()) / 1_000_000);
     let next = platforms
         .iter()
         .filter_map(|p| p.deadline.get())
@@ -370,13 +417,13 @@ impl<'a> World<'a> {
                 self.report.stop = Stop::Hang;
                 return;
             }
-            if self.cfg.program == Program::Device && self.configured.iter().take(n).all(|&c| c) {
+            if self.configured.iter().take(n).all(|&c| c) {
                 devices.step(self);
             }
             hw::irq_window();
             let mut ran = false;
             for step in 0..n {
-                let k = (next.wrapping_add(step)) % n;
+                let k = next.wrapping_add(step).checked_rem(n).unwrap_or(0);
                 if self.done.get(k).copied().unwrap_or(true) {
                     continue;
                 }
@@ -391,7 +438,7 @@ impl<'a> World<'a> {
             }
             next = next.wrapping_add(1);
             if !ran {
-                arm_host_timer(self.platforms);
+                arm_host_timer(self.platforms, self.slice_ns);
                 self.report.idles = self.report.idles.saturating_add(1);
                 hw::idle();
             }
@@ -406,25 +453,29 @@ impl<'a> World<'a> {
         let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
             return Err(Stop::Fatal);
         };
-        let timer_in_irr = engine.apic().irr().contains(vec::TIMER);
-        let fires = engine.counters().timer_fires;
+        let timer = TimerWatch::before(engine, vcpu);
         if engine.before_run(&env, vcpu).is_err() {
             return Err(Stop::Fatal);
         }
-        if engine.counters().timer_fires > fires && !timer_in_irr {
-            HOST.add(k, usize::from(vec::TIMER));
-        }
+        timer.after(k, engine, vcpu, false);
         if let Some(halted) = self.halted.get_mut(k)
             && *halted
         {
             let presented =
                 vcpu.event_inj().valid() || vmcb::apm_virq_deliverable(vcpu.vintr_ctrl());
-            if !presented {
+            // An NMI delivered through EVENTINJ stays in service until the
+            // next exit (kernel::nmi, no IRET signal without vNMI): a pending
+            // one needs that exit, so the halted guest runs once more.
+            let nmi_waits = engine.nmi().pending();
+            if !presented && !nmi_waits {
                 return Ok(false);
+            }
+            if !presented {
+                self.report.nmi_wakes = self.report.nmi_wakes.saturating_add(1);
             }
             *halted = false;
         }
-        arm_host_timer(self.platforms);
+        arm_host_timer(self.platforms, self.slice_ns);
         let code = vmcb::run(vcpu);
         let info = match engine.after_exit(&env, vcpu) {
             Ok(info) => info,
@@ -478,7 +529,9 @@ impl<'a> World<'a> {
         } else {
             ApicCall::ReadRegister { msr }
         };
+        let timer = TimerWatch::before(engine, vcpu);
         let result = engine.handle_apic_call(&env, vcpu, call);
+        timer.after(k, engine, vcpu, true);
         if result.code != ResultCode::Success {
             // The guest's #VC handler would raise #GP(0).
             if vcpu.event_inj().valid() {
@@ -530,19 +583,25 @@ impl<'a> World<'a> {
         let rax = vcpu.rax();
         if rax >> 32 == 3 {
             let result = engine.handle_apic_call_in_vmsa(&env, vcpu);
-            if rax & 0xFFFF_FFFF == 4 && result.code == ResultCode::Success {
-                if let Some(c) = self.configured.get_mut(k) {
-                    *c = true;
-                }
+            if rax & 0xFFFF_FFFF == 4
+                && result.code == ResultCode::Success
+                && let Some(c) = self.configured.get_mut(k)
+            {
+                *c = true;
             }
             return;
         }
         match rax.wrapping_sub(HCALL) {
             OP_DONE => {
-                if let Some(d) = self.done.get_mut(k) {
+                if let Some(d) = self.done_asked.get_mut(k) {
                     *d = true;
                 }
-                vcpu.set_rax(0);
+                // Stop only once every device post to it was delivered.
+                let drained = !ledger::outstanding_on(k);
+                if drained && let Some(d) = self.done.get_mut(k) {
+                    *d = true;
+                }
+                vcpu.set_rax(u64::from(!drained));
             }
             OP_POST_SELF => {
                 let vector = (vcpu.rcx() & 0xFF) as u8;
@@ -614,8 +673,9 @@ impl World<'_> {
     pub(super) fn cfg(&self) -> RunConfig {
         self.cfg
     }
-    pub(super) fn halted_all(&self) -> bool {
-        self.halted.iter().take(self.cfg.vcpus).all(|&h| h)
+    /// Whether vCPU `k` asked to stop (devices leave it alone).
+    pub(super) fn done_asked(&self, k: usize) -> bool {
+        self.done_asked.get(k).copied().unwrap_or(true)
     }
 }
 

@@ -86,9 +86,9 @@ pub fn main(args: &str) -> ! {
                     limit_ms: 20_000,
                 });
                 report.print();
-                runs += 1;
+                runs = runs.saturating_add(1);
                 if !report.pass {
-                    failed += 1;
+                    failed = failed.saturating_add(1);
                 }
             }
         }
