@@ -10,8 +10,9 @@
 use core::sync::atomic::Ordering;
 
 use super::guest::{self, vec};
-use super::harness::{HarnessWorld, Rng, RunConfig, post_edge, signal};
-use super::ledger::{self, HOST};
+use super::harness::{Rng, RunConfig};
+use super::host::{self, RunShared};
+use super::ledger;
 use crate::{cpu, time};
 
 /// Most time between two posts (device program / noise in the others).
@@ -58,7 +59,7 @@ impl Devices {
     }
 
     /// Called by the run loop between guest runs.
-    pub fn step(&mut self, w: &HarnessWorld<'_>) {
+    pub fn step(&mut self, run: &RunShared) {
         let now = cpu::rdtsc();
         match self.phase {
             Phase::Posting => {
@@ -69,7 +70,7 @@ impl Devices {
                     .rng
                     .below(self.max_gap_us.saturating_mul(time::tsc_per_ms()) / 1000);
                 self.next_at = now.saturating_add(gap);
-                if self.post_one(w) {
+                if self.post_one(run) {
                     self.posted = self.posted.saturating_add(1);
                 }
                 if self.noise {
@@ -82,8 +83,8 @@ impl Devices {
             Phase::Draining(deadline) => {
                 if ledger::outstanding_total() == 0 || deadline.passed() {
                     guest::FINISHED.store(true, Ordering::SeqCst);
-                    for k in 0..w.cfg().vcpus {
-                        post_edge(w.doorbells(), k, vec::WAKE);
+                    for k in 0..run.cfg.vcpus {
+                        host::post_edge(run, k, vec::WAKE);
                     }
                     self.phase = Phase::Finished;
                 }
@@ -93,44 +94,21 @@ impl Devices {
     }
 
     /// One random post; false when the chosen instance was outstanding.
-    fn post_one(&mut self, w: &HarnessWorld<'_>) -> bool {
-        let n = w.cfg().vcpus as u64;
+    fn post_one(&mut self, run: &RunShared) -> bool {
+        let n = run.cfg.vcpus as u64;
         let k = self.rng.below(n) as usize;
         let kind = self.rng.below(100);
-        if w.done_asked(k) {
+        if host::done_asked(k) {
             return false;
         }
-        let Some(page) = w.doorbells().get(k) else {
-            return false;
-        };
         if kind < 70 {
             let span = u64::from(vec::DEV_LAST - vec::DEV_FIRST) + 1;
             let vector = vec::DEV_FIRST.wrapping_add(self.rng.below(span) as u8);
-            return post_edge(w.doorbells(), k, vector);
+            host::post_edge(run, k, vector)
+        } else if kind < 85 {
+            host::post_level(run, k)
+        } else {
+            host::post_nmi(run, k)
         }
-        if kind < 85 {
-            let Some(p) = w.platform(k) else { return false };
-            if p.level_up.get() || !ledger::claim(k, usize::from(vec::LEVEL), cpu::rdtsc()) {
-                return false;
-            }
-            if page.host().post_level(2, vec::LEVEL).is_err() {
-                ledger::unclaim(k, usize::from(vec::LEVEL));
-                return false;
-            }
-            p.level_up.set(true);
-            HOST.add(k, usize::from(vec::LEVEL));
-            signal(page, k);
-            return true;
-        }
-        if !ledger::claim(k, ledger::NMI, cpu::rdtsc()) {
-            return false;
-        }
-        if page.host().post_nmi(2).is_err() {
-            ledger::unclaim(k, ledger::NMI);
-            return false;
-        }
-        HOST.add(k, ledger::NMI);
-        signal(page, k);
-        true
     }
 }

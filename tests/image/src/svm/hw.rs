@@ -272,8 +272,8 @@ const MSR_VM_CR: u32 = 0xC001_0114;
 const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
 const EFER_SVME: u64 = 1 << 12;
 
-/// The host state-save page VMRUN uses (one CPU).
-static HSAVE: Page = Page::new();
+/// The host state-save page VMRUN uses, one per CPU (BSP 0, AP i at i + 1).
+static HSAVE: [Page; 1 + super::smp::MAX_APS] = [const { Page::new() }; 1 + super::smp::MAX_APS];
 
 /// SVM features of CPUID 0x8000_000A EDX (APM vol. 3 appendix E.4.9).
 #[derive(Clone, Copy, Debug)]
@@ -284,8 +284,14 @@ pub struct SvmFeatures {
     pub vnmi: bool,
 }
 
-/// Enables SVM on this CPU (EFER.SVME, VM_HSAVE_PA). Idempotent.
+/// Enables SVM on the BSP (EFER.SVME, VM_HSAVE_PA). Idempotent.
 pub fn enable() -> Result<SvmFeatures, &'static str> {
+    enable_on(0)
+}
+
+/// Enables SVM on CPU `cpu` (0 = BSP) with its own host save page.
+pub fn enable_on(cpu: usize) -> Result<SvmFeatures, &'static str> {
+    let hsave = HSAVE.get(cpu).ok_or("no host save page for this CPU")?;
     let (_, _, ecx, _) = cpuid(0x8000_0001);
     if ecx & (1 << 2) == 0 {
         return Err("CPUID: no SVM (run QEMU with -cpu max)");
@@ -294,7 +300,7 @@ pub fn enable() -> Result<SvmFeatures, &'static str> {
         return Err("VM_CR.SVMDIS is set");
     }
     wrmsr(MSR_EFER, rdmsr(MSR_EFER) | EFER_SVME);
-    wrmsr(MSR_VM_HSAVE_PA, HSAVE.pa());
+    wrmsr(MSR_VM_HSAVE_PA, hsave.pa());
     let (_, _, _, edx) = cpuid(0x8000_000A);
     Ok(SvmFeatures {
         npt: edx & 1 != 0,

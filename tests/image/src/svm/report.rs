@@ -58,6 +58,11 @@ pub struct Report {
     pub nmi_wakes: u64,
     pub hv_taken: u64,
     pub timer_irqs: u64,
+    /// Kicks sent as real IPIs to another CPU, and kick IPIs received.
+    pub kick_ipis: u64,
+    pub kicks_received: u64,
+    /// CPUs the vCPUs ran on (1: round-robin on one CPU).
+    pub cpus: usize,
     pub exits: [u64; 6],
     pub bad_exit: u64,
     pub bad_rip: u64,
@@ -87,6 +92,9 @@ impl Report {
             nmi_wakes: 0,
             hv_taken: 0,
             timer_irqs: 0,
+            kick_ipis: 0,
+            kicks_received: 0,
+            cpus: 1,
             exits: [0; 6],
             bad_exit: 0,
             bad_rip: 0,
@@ -102,6 +110,36 @@ impl Report {
             violations: 0,
             level_mismatch: 0,
             pass: false,
+        }
+    }
+
+    /// Takes the host interrupt counters of all CPUs (after the run).
+    pub fn host_counters(&mut self) {
+        use super::host::{HV_TAKEN, KICK_IPIS, KICKS_RECEIVED, TIMER_IRQS};
+        self.hv_taken = HV_TAKEN.load(Ordering::SeqCst);
+        self.timer_irqs = TIMER_IRQS.load(Ordering::SeqCst);
+        self.kick_ipis = KICK_IPIS.load(Ordering::SeqCst);
+        self.kicks_received = KICKS_RECEIVED.load(Ordering::SeqCst);
+    }
+
+    /// Adds another CPU's part (its vCPU `k`'s figures, exits, idles).
+    pub fn absorb(&mut self, other: &Report, k: usize) {
+        if let (Some(dst), Some(src)) = (self.vcpus.get_mut(k), other.vcpus.get(k)) {
+            *dst = *src;
+        }
+        for (a, b) in self.exits.iter_mut().zip(other.exits.iter()) {
+            *a = a.saturating_add(*b);
+        }
+        self.idles = self.idles.saturating_add(other.idles);
+        self.nmi_wakes = self.nmi_wakes.saturating_add(other.nmi_wakes);
+        self.gp_displaced = self.gp_displaced.saturating_add(other.gp_displaced);
+        self.tsc = self.tsc.max(other.tsc);
+        if other.stop != Stop::Done {
+            self.stop = other.stop;
+            if other.stop == Stop::BadExit {
+                self.bad_exit = other.bad_exit;
+                self.bad_rip = other.bad_rip;
+            }
         }
     }
 
@@ -239,9 +277,14 @@ impl Report {
     pub fn print(&self) {
         let c = &self.cfg;
         println!(
-            "svm: program {}, {} vCPUs (one CPU, round-robin), seed {}, rounds {}{}",
+            "svm: program {}, {} vCPUs on {}, seed {}, rounds {}{}",
             c.program.name(),
             c.vcpus,
+            if self.cpus > 1 {
+                "their own CPUs (one per AP; devices on the BSP)"
+            } else {
+                "one CPU (round-robin)"
+            },
             c.seed,
             c.rounds,
             if c.break_recall {
@@ -292,9 +335,11 @@ impl Report {
             div(mean, per_us)
         );
         println!(
-            "  host: {} #HV via LAPIC vector 28, {} host timer irqs, {} idle halts, {} NMI wakes, run {} ms",
+            "  host: {} #HV via LAPIC vector 28, {} host timer irqs, {} kick IPIs sent / {} taken, {} idle halts, {} NMI wakes, run {} ms",
             self.hv_taken,
             self.timer_irqs,
+            self.kick_ipis,
+            self.kicks_received,
             self.idles,
             self.nmi_wakes,
             div(self.tsc, time::tsc_per_ms())
@@ -343,8 +388,9 @@ impl Report {
             );
         }
         println!(
-            "svm: {} seed {} vmruns/irq {}.{:02} max-latency {} stop {:?} {}",
+            "svm: {} cpus {} seed {} vmruns/irq {}.{:02} max-latency {} stop {:?} {}",
             c.program.name(),
+            self.cpus,
             c.seed,
             div(self.vmruns_per_irq_x100(), 100),
             self.vmruns_per_irq_x100().checked_rem(100).unwrap_or(0),
