@@ -75,11 +75,15 @@ pub enum Program {
     /// Nested interrupts: a higher vector inside a lower one's handler;
     /// EOI order checked through ISR.
     Nested = 4,
+    /// TSC-deadline timer (IA32_TSC_DEADLINE intercepted), re-armed by the
+    /// handler.
+    Deadline = 5,
 }
 
 impl Program {
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 6] = [
         Program::Timer,
+        Program::Deadline,
         Program::Ipi,
         Program::Device,
         Program::Tpr,
@@ -93,6 +97,7 @@ impl Program {
             Program::Device => "device",
             Program::Tpr => "tpr",
             Program::Nested => "nested",
+            Program::Deadline => "deadline",
         }
     }
 
@@ -106,6 +111,8 @@ pub static PROGRAM: AtomicU8 = AtomicU8::new(0);
 pub static VCPUS: AtomicU32 = AtomicU32::new(1);
 /// Rounds (ticks, hops, ...) the program runs.
 pub static ROUNDS: AtomicU32 = AtomicU32::new(10);
+/// TSC ticks per microsecond (guests run with TSC offset 0).
+pub static TSC_PER_US: AtomicU32 = AtomicU32::new(1000);
 /// Set when the guests should finish (host or vCPU 0).
 pub static FINISHED: AtomicBool = AtomicBool::new(false);
 /// Guest-shared state of the IPI program.
@@ -353,6 +360,7 @@ pub extern "C" fn guest_entry(k: u64) -> ! {
         1 => ipi(k, n, rounds),
         3 => tpr(k, rounds),
         4 => nested(k, rounds),
+        5 => deadline(k, rounds),
         _ => wait(|| FINISHED.load(Ordering::SeqCst)),
     }
     done()
@@ -370,6 +378,25 @@ fn timer(k: usize, ticks: u32) {
     wait(|| received(k, vec::TIMER) >= ticks);
     wrmsr(LVT_TIMER, (1 << 16) | u64::from(vec::TIMER));
     wrmsr(TIMER_INIT, 0);
+}
+
+const TSC_DEADLINE: u32 = 0x6E0;
+
+/// The next deadline: 150-250 µs from now, varying per vCPU and tick.
+fn next_deadline(k: usize) -> u64 {
+    let us = 150u64
+        .wrapping_add((k as u64).wrapping_mul(29))
+        .wrapping_add(rdtsc() % 50);
+    rdtsc().wrapping_add(us.wrapping_mul(u64::from(TSC_PER_US.load(Ordering::SeqCst))))
+}
+
+fn deadline(k: usize, ticks: u32) {
+    // LVT timer mode 10b: TSC-deadline (SDM vol. 3A §11.5.4.1).
+    wrmsr(LVT_TIMER, (0b10 << 17) | u64::from(vec::TIMER));
+    wrmsr(TSC_DEADLINE, next_deadline(k));
+    wait(|| received(k, vec::TIMER) >= ticks);
+    wrmsr(LVT_TIMER, (1 << 16) | (0b10 << 17) | u64::from(vec::TIMER));
+    wrmsr(TSC_DEADLINE, 0);
 }
 
 fn ipi(k: usize, n: usize, rounds: u32) {
@@ -479,6 +506,12 @@ extern "C" fn image_guest_dispatch(vector: u64, error: u64) {
             send_ipi(0, vec::ACK);
         }
         vec::NEST_LOW => nest_low(k),
+        vec::TIMER
+            if PROGRAM.load(Ordering::SeqCst) == Program::Deadline as u8
+                && received(k, vec::TIMER) < ROUNDS.load(Ordering::SeqCst) =>
+        {
+            wrmsr(TSC_DEADLINE, next_deadline(k));
+        }
         vec::NEST_HIGH => {
             if IN_LOW.get(k).is_some_and(|f| f.load(Ordering::SeqCst))
                 && let Some(s) = NESTED_SEEN.get(k)

@@ -147,6 +147,10 @@ pub fn prepare(cfg: RunConfig) -> RunConfig {
     guest::PROGRAM.store(cfg.program as u8, Ordering::SeqCst);
     guest::VCPUS.store(n as u32, Ordering::SeqCst);
     guest::ROUNDS.store(cfg.rounds, Ordering::SeqCst);
+    guest::TSC_PER_US.store(
+        (time::tsc_per_ms() / 1000).clamp(1, u64::from(u32::MAX)) as u32,
+        Ordering::SeqCst,
+    );
     cfg
 }
 

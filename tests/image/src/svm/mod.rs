@@ -38,6 +38,7 @@ pub fn default_rounds(program: Program) -> u32 {
         Program::Device => 40,
         Program::Tpr => 10,
         Program::Nested => 20,
+        Program::Deadline => 40,
     }
 }
 
@@ -62,7 +63,7 @@ fn run(aps: u32, cfg: RunConfig) -> report::Report {
 fn usage() -> ! {
     println!(
         "usage: svm PROGRAM [VCPUS [SEED [ROUNDS [broken]]]] | svm all [SEEDS [VCPUS]]\n\
-         programs: timer ipi device tpr nested"
+         programs: timer deadline ipi device tpr nested"
     );
     runner::exit(false)
 }

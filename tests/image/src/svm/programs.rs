@@ -29,6 +29,10 @@ ktest::suite! {
         passes(Program::Timer, 10, 1);
     }
 
+    fn svm_tsc_deadline_ticks_match_the_ledger_on_4_vcpus() {
+        passes(Program::Deadline, 10, 1);
+    }
+
     fn svm_ipi_ring_and_broadcast_match_the_ledger_on_4_vcpus() {
         passes(Program::Ipi, 3, 1);
     }
