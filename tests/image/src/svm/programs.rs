@@ -49,6 +49,10 @@ ktest::suite! {
         passes(Program::Nested, 5, 1);
     }
 
+    fn svm_xapic_start_then_x2apic_switch_on_4_vcpus() {
+        passes(Program::Xapic, 5, 1);
+    }
+
     fn svm_ledger_catches_an_engine_without_recall() {
         super::init().unwrap_or_else(|e| panic!("SVM: {e}"));
         let report = harness::run(RunConfig {
