@@ -99,3 +99,26 @@ pub fn pending(vector: u8) -> bool {
 pub fn eoi() {
     write(REG_EOI, 0);
 }
+
+const REG_ICR_LOW: usize = 0x300;
+
+/// Sends fixed `vector` to this CPU (ICR destination shorthand "self",
+/// SDM vol. 3A §11.6.1).
+pub fn self_ipi(vector: u8) {
+    write(REG_ICR_LOW, (0b01 << 18) | u32::from(vector));
+}
+
+const REG_ID: usize = 0x20;
+const REG_ICR_HIGH: usize = 0x310;
+
+/// This CPU's local APIC ID (xAPIC ID register bits 31:24).
+pub fn id() -> u32 {
+    read(REG_ID) >> 24
+}
+
+/// Sends `icr_low` (vector, delivery mode, shorthand) to the CPU with APIC
+/// ID `dest` (SDM vol. 3A §11.6.1: ICR high first; the low write sends).
+pub fn send_ipi(dest: u32, icr_low: u32) {
+    write(REG_ICR_HIGH, dest << 24);
+    write(REG_ICR_LOW, icr_low);
+}

@@ -21,6 +21,11 @@ const GROUPS: &[&[&[Test]]] = &[
     apic::ktests::ALL,
     kernel::ktests::ALL,
     &[crate::hv_tests::TESTS],
+    &[
+        crate::svm::quirks::TESTS,
+        crate::svm::quirks::cut::TESTS,
+        crate::svm::programs::TESTS,
+    ],
 ];
 
 /// isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`); QEMU
