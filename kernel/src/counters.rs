@@ -27,8 +27,12 @@ pub struct Counters {
     pub forged_exit_events: u64,
     /// EOIs the guest skipped through `no_eoi_required`, performed by the engine.
     pub lazy_eois: u64,
-    /// #HV IPIs sent to wake another vCPU.
+    /// Other vCPUs woken with a kick (#HV IPI with the notification
+    /// vector); one call may wake many (`kick_calls`).
     pub kicks_sent: u64,
+    /// #HV IPI calls made for kicks: one per guest ICR write whose targets
+    /// fit one x2APIC ICR (see `kick`), retries included.
+    pub kick_calls: u64,
     /// Posts that needed no kick (target mailbox already non-empty).
     pub kicks_suppressed: u64,
     /// Failed kicks retried (by a later post to the target or at this
