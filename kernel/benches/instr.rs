@@ -33,7 +33,7 @@ use apic::{ApicConfig, LocalApic, Trigger};
 use doorbell::DoorbellPage;
 use kernel::platform::{DisableAiRequest, DoorbellRequest, NoTimer, PlatformError};
 use kernel::protocol::{ApicCall, CallResult};
-use kernel::{EngineConfig, Env, Fabric, Platform, VcpuEngine, VcpuShared};
+use kernel::{EngineConfig, Env, Fabric, Platform, VcpuEngine, VcpuShared, VmShared};
 use vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 /// GHCB calls stubbed; #HV IPI calls counted.
@@ -93,6 +93,7 @@ fn config(i: usize) -> EngineConfig {
             bsp: i == 0,
             ticks_per_bus_cycle: 1,
             directed_eoi: false,
+            ..ApicConfig::default()
         },
         guest_vmpl: VMPL,
         notification_vector: 0x50,
@@ -113,39 +114,31 @@ fn engine(i: usize, env: &E<'_>, vmsa: &mut VmsaPage) -> VcpuEngine {
 // ------------------------------------------------------- measured functions
 
 #[inline(never)]
-fn measure_before_run(e: &mut VcpuEngine, env: &E<'_>, vmsa: &mut VmsaPage) {
-    black_box(e.before_run(env, vmsa).is_ok());
+fn measure_before_run(e: &mut VcpuEngine, env: &E<'_>, vmsa: &mut VmsaPage) -> bool {
+    e.before_run(env, vmsa).is_ok()
+}
+
+// Arguments and results pass in registers; the caller black-boxes them.
+#[inline(never)]
+fn measure_eoi(e: &mut VcpuEngine, env: &E<'_>, value: u64) -> bool {
+    e.write_register(env, 0x80B, value).is_ok()
 }
 
 #[inline(never)]
-fn measure_eoi(e: &mut VcpuEngine, env: &E<'_>) {
-    black_box(e.write_register(env, 0x80B, black_box(0)).is_ok());
-}
-
-#[inline(never)]
-fn measure_eoi_protocol(e: &mut VcpuEngine, env: &E<'_>, vmsa: &mut VmsaPage) -> CallResult {
-    let call = ApicCall::WriteRegister {
-        msr: 0x80B,
-        value: black_box(0),
-    };
+fn measure_eoi_protocol(
+    e: &mut VcpuEngine,
+    env: &E<'_>,
+    vmsa: &mut VmsaPage,
+    call: ApicCall,
+) -> CallResult {
     e.handle_apic_call(env, vmsa, call)
 }
 
-#[inline(always)]
-fn icr(e: &mut VcpuEngine, env: &E<'_>, icr: u64) {
-    black_box(e.write_register(env, 0x830, icr).is_ok());
-}
-
-// Two functions with different constants: identical bodies would be folded
-// into one symbol, which callgrind could not tell apart.
+/// Every ICR path (to vCPU 1, to vCPU 63, the broadcast) runs this one;
+/// the script runs them separately.
 #[inline(never)]
-fn measure_icr_1(e: &mut VcpuEngine, env: &E<'_>) {
-    icr(e, env, black_box((1 << 32) | IPI_VECTOR));
-}
-
-#[inline(never)]
-fn measure_icr_63(e: &mut VcpuEngine, env: &E<'_>) {
-    icr(e, env, black_box((63 << 32) | IPI_VECTOR));
+fn measure_icr(e: &mut VcpuEngine, env: &E<'_>, icr: u64) -> bool {
+    e.write_register(env, 0x830, icr).is_ok()
 }
 
 #[inline(never)]
@@ -153,19 +146,12 @@ fn measure_highest(apic: &LocalApic) -> Option<u8> {
     apic.highest_deliverable()
 }
 
-#[inline(never)]
-fn measure_broadcast(e: &mut VcpuEngine, env: &E<'_>) {
-    black_box(
-        e.write_register(env, 0x830, black_box(BROADCAST_ICR))
-            .is_ok(),
-    );
-}
-
 // ------------------------------------------------------------------- paths
 
 struct World {
     platform: CountingPlatform,
     slots: Vec<VcpuShared>,
+    vm: VmShared,
     doorbell: Box<DoorbellPage>,
     caa: AtomicU8,
 }
@@ -175,6 +161,7 @@ impl World {
         Self {
             platform: CountingPlatform::default(),
             slots: (0..VCPUS).map(|_| VcpuShared::new()).collect(),
+            vm: VmShared::new(),
             doorbell: Box::new(DoorbellPage::new()),
             caa: AtomicU8::new(0),
         }
@@ -183,7 +170,7 @@ impl World {
     fn env(&self) -> E<'_> {
         Env {
             platform: &self.platform,
-            fabric: Fabric::new(&self.slots),
+            fabric: Fabric::new(&self.slots, &self.vm),
             doorbell: &self.doorbell,
             caa_no_eoi: Some(&self.caa),
         }
@@ -214,7 +201,7 @@ fn run(path: &str, n: u64) {
                     e0.write_register(&env, 0x80B, 0).unwrap();
                 }
                 host.post_vector(VMPL, HOST_VECTOR).unwrap();
-                measure_before_run(&mut e0, &env, &mut vmsa);
+                assert!(black_box(measure_before_run(&mut e0, &env, &mut vmsa)));
                 assert_eq!(vmsa.event_inj(), EventInj::external_interrupt(HOST_VECTOR));
             }
         }
@@ -224,10 +211,14 @@ fn run(path: &str, n: u64) {
                 e0.apic_mut().request(HOST_VECTOR, Trigger::Edge);
                 assert!(e0.apic_mut().acknowledge(HOST_VECTOR));
                 if path == "eoi" {
-                    measure_eoi(&mut e0, &env);
+                    assert!(black_box(measure_eoi(&mut e0, &env, black_box(0))));
                 } else {
-                    let r = measure_eoi_protocol(&mut e0, &env, &mut vmsa);
-                    assert_eq!(r, CallResult::SUCCESS);
+                    let call = black_box(ApicCall::WriteRegister {
+                        msr: 0x80B,
+                        value: 0,
+                    });
+                    let r = measure_eoi_protocol(&mut e0, &env, &mut vmsa, call);
+                    assert_eq!(black_box(r), CallResult::SUCCESS);
                 }
                 assert!(e0.apic().isr().is_empty());
             }
@@ -237,11 +228,8 @@ fn run(path: &str, n: u64) {
             let dest: usize = if path == "icr_1" { 1 } else { 63 };
             for _ in 0..n {
                 let before = w.platform.hv_ipis.get();
-                if dest == 1 {
-                    measure_icr_1(&mut e0, &env);
-                } else {
-                    measure_icr_63(&mut e0, &env);
-                }
+                let icr = ((dest as u64) << 32) | IPI_VECTOR;
+                assert!(black_box(measure_icr(&mut e0, &env, black_box(icr))));
                 assert_eq!(w.platform.hv_ipis.get(), before + 1);
                 assert!(w.slots[dest].mailbox().drain().contains(IPI_VECTOR as u8));
             }
@@ -260,7 +248,11 @@ fn run(path: &str, n: u64) {
         // empty, so every target needs waking.
         "broadcast" => {
             for _ in 0..n {
-                measure_broadcast(&mut e0, &env);
+                assert!(black_box(measure_icr(
+                    &mut e0,
+                    &env,
+                    black_box(BROADCAST_ICR)
+                )));
                 for s in &w.slots[1..] {
                     assert!(s.mailbox().drain().contains(BROADCAST_VECTOR as u8));
                 }
@@ -282,7 +274,11 @@ fn ghcb_per_broadcast() -> f64 {
     const N: u64 = 10;
     let before = w.platform.hv_ipis.get();
     for _ in 0..N {
-        measure_broadcast(&mut e0, &env);
+        assert!(black_box(measure_icr(
+            &mut e0,
+            &env,
+            black_box(BROADCAST_ICR)
+        )));
         for s in &w.slots[1..] {
             s.mailbox().drain();
         }

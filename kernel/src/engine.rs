@@ -55,6 +55,7 @@
 //! hardware a #MC during #MC delivery shuts the CPU down), never a panic.
 
 mod cancel;
+mod fast;
 mod handback;
 mod ipi;
 mod timer;
@@ -835,6 +836,7 @@ impl VcpuEngine {
         }
     }
 
+    #[inline(never)]
     fn eoi_done<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, info: apic::EoiInfo) {
         // With EOI-broadcast suppression (SVR bit 12) the guest EOIs the
         // (host's) IOAPIC itself, so the host must not get a second EOI
@@ -1015,7 +1017,37 @@ impl VcpuEngine {
     }
 
     /// WRITE_REGISTER (see [`VcpuEngine::read_register`] for the mapping).
+    #[inline]
     pub fn write_register<P: Platform + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        msr: u64,
+        value: u64,
+    ) -> Result<(), ResultCode> {
+        // The two hot registers first (`fast`); small enough to inline.
+        if msr == fast::MSR_EOI && value == 0 && self.fast_eoi(env) {
+            return Ok(());
+        }
+        if msr == fast::MSR_ICR {
+            return self.write_icr(env, value);
+        }
+        self.write_register_general(env, msr, value)
+    }
+
+    /// [`VcpuEngine::write_register`] without its fast paths, for the
+    /// tests that compare both (`kernel/tests/props.rs`).
+    #[cfg(feature = "ktests")]
+    pub fn write_register_without_fast_paths<P: Platform + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        msr: u64,
+        value: u64,
+    ) -> Result<(), ResultCode> {
+        self.write_register_general(env, msr, value)
+    }
+
+    #[inline(never)]
+    fn write_register_general<P: Platform + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
         msr: u64,
