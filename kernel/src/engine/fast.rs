@@ -27,7 +27,7 @@ impl VcpuEngine {
     /// WRITE_REGISTER(EOI, 0) in x2APIC mode; false (nothing done) in any
     /// other mode. The general path: `write_msr` -> `WriteEffect::Eoi` ->
     /// `eoi_done`, which does nothing unless the vector is a host level one.
-    #[inline]
+    #[inline(always)]
     pub(super) fn fast_eoi<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) -> bool {
         if self.apic.mode() != ApicMode::X2Apic {
             return false;
