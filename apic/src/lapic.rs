@@ -46,7 +46,13 @@ impl LocalApic {
     /// called by every write of TPR or ISR.
     #[inline]
     pub(crate) fn sync_ppr(&mut self) {
-        let isrv = self.s.isr.highest().unwrap_or(0);
+        self.set_ppr(self.s.isr.highest().unwrap_or(0));
+    }
+
+    /// Caches `isrv` (the highest in-service vector, 0 for none) and the
+    /// PPR it gives with TPR.
+    #[inline]
+    fn set_ppr(&mut self, isrv: u8) {
         self.isrv = isrv;
         self.ppr = if self.s.tpr & 0xF0 >= isrv & 0xF0 {
             self.s.tpr
@@ -229,6 +235,7 @@ impl LocalApic {
     /// refused vector (`Denied`) leaves no trace in the guest's APIC, not
     /// even an ESR bit: the host must not be able to make the guest see
     /// errors. An allowed one continues as [`LocalApic::request`].
+    #[inline]
     pub fn request_from_host(&mut self, vector: u8, trigger: Trigger) -> RequestOutcome {
         if !self.s.host_allowed.contains(vector) {
             return RequestOutcome::Denied;
@@ -310,7 +317,9 @@ impl LocalApic {
             return false;
         }
         self.s.isr.insert(vector);
-        self.sync_ppr();
+        // Its class is above every other in-service class: the new ISRV,
+        // no scan needed.
+        self.set_ppr(vector);
         true
     }
 
@@ -366,6 +375,13 @@ impl LocalApic {
     #[inline]
     pub fn ppr(&self) -> u8 {
         self.ppr
+    }
+
+    /// The highest in-service vector (cached: no scan of ISR).
+    #[inline]
+    pub fn highest_in_service(&self) -> Option<u8> {
+        // 0-15 never enter ISR, so 0 means none.
+        (self.isrv != 0).then_some(self.isrv)
     }
 
     /// IRR.

@@ -119,6 +119,7 @@ impl LocalApic {
     }
 
     /// When the timer next fires, in `now` ticks; `None` when not armed.
+    #[inline]
     pub fn next_timer_deadline(&self) -> Option<u64> {
         if self.timer_mode() == TIMER_TSC_DEADLINE {
             (self.s.tsc_deadline != 0).then_some(self.s.tsc_deadline)

@@ -121,6 +121,14 @@ impl VectorSet {
         }
     }
 
+    /// Whether the set is exactly `{vector}`.
+    #[inline]
+    pub fn is_only(&self, vector: u8) -> bool {
+        let mut only = Self::EMPTY;
+        only.insert(vector);
+        self.bits == only.bits
+    }
+
     /// Whether the set is empty.
     #[inline]
     pub fn is_empty(&self) -> bool {

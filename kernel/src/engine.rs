@@ -390,7 +390,10 @@ impl VcpuEngine {
         // The #HV handler's notes are informative: the descriptor is
         // consumed every time, so a lost #HV costs nothing.
         let _ = slot.take_hv_events();
-        if let Ok(host) = env.doorbell.consume(self.guest_vmpl) {
+        // Nothing, or one edge vector, without the general consume (`fast`).
+        if !self.collect_host_fast(env)
+            && let Ok(host) = env.doorbell.consume(self.guest_vmpl)
+        {
             self.accept_host(env, &host)?;
         }
         if self.kick_retry {
@@ -457,6 +460,7 @@ impl VcpuEngine {
     }
 
     /// One host vector through the filter; true when the APIC holds it.
+    #[inline]
     fn host_vector(&mut self, vector: u8, trigger: Trigger) -> bool {
         if !doorbell::is_legal_vector(vector) {
             bump(&mut self.counters.host_vectors_rejected);
@@ -484,11 +488,21 @@ impl VcpuEngine {
     fn present<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V) {
         // A re-injected or foreign event owns EVENTINJ this run.
         let mut eventinj_free = !vmsa.event_inj().valid();
-        if self.mc_pending && eventinj_free {
+        // Cheap test first: without a #MC or an NMI pending neither block
+        // below does anything.
+        if self.mc_pending || self.nmi.pending() {
+            self.present_mc_nmi(vmsa, &mut eventinj_free);
+        }
+        self.present_vector(vmsa, eventinj_free);
+    }
+
+    /// The #MC and NMI part of [`VcpuEngine::present`].
+    fn present_mc_nmi<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V, eventinj_free: &mut bool) {
+        if self.mc_pending && *eventinj_free {
             vmsa.set_event_inj(EventInj::exception(MC_VECTOR, None));
             self.eventinj = Some(InEventInj::MachineCheck);
             self.mc_pending = false;
-            eventinj_free = false;
+            *eventinj_free = false;
         }
 
         let ctrl = vmsa.vintr_ctrl();
@@ -497,19 +511,23 @@ impl VcpuEngine {
             ctrl.v_nmi(),
             ctrl.v_nmi_mask(),
             ctrl.int_shadow(),
-            eventinj_free,
+            *eventinj_free,
         ) {
             match via {
                 NmiVia::VNmi => vmsa.set_vintr_ctrl(ctrl.with_v_nmi(true)),
                 NmiVia::EventInj => {
                     vmsa.set_event_inj(EventInj::nmi());
                     self.eventinj = Some(InEventInj::Nmi);
-                    eventinj_free = false;
+                    *eventinj_free = false;
                 }
             }
             self.nmi.mark_presented(via);
         }
+    }
 
+    /// The APIC vector part of [`VcpuEngine::present`].
+    #[inline]
+    fn present_vector<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V, eventinj_free: bool) {
         let (vector, behind_tpr) = match self.apic.highest_deliverable() {
             Some(vector) => (vector, false),
             None => match self.highest_behind_tpr() {
@@ -566,8 +584,8 @@ impl VcpuEngine {
         // not a baseline x86-64 instruction).
         let lone = match self.virq {
             // The queued vector joins ISR when the guest takes it.
-            Some(v) => (isr.is_empty() && only(irr, v)).then_some(v),
-            None if irr.is_empty() => isr.highest().filter(|&h| only(isr, h)),
+            Some(v) => (isr.is_empty() && irr.is_only(v)).then_some(v),
+            None if irr.is_empty() => self.apic.highest_in_service().filter(|&h| isr.is_only(h)),
             None => None,
         };
         // A host level vector is never skipped lazily, even when an edge
@@ -1131,12 +1149,6 @@ fn has_host_posts(descriptor: &Descriptor) -> bool {
         | DescriptorStatus::MULTIPLE
         | DescriptorStatus::VECTOR_31;
     descriptor.status.load(Ordering::Acquire) & POSTS != 0
-}
-
-/// Whether `set` is exactly `{vector}`.
-fn only(set: &apic::VectorSet, vector: u8) -> bool {
-    let mut rest = *set;
-    rest.remove(vector) && rest.is_empty()
 }
 
 /// xAPIC MMIO offset of x2APIC MSR `msr` (Intel SDM vol. 3A §11.12.1.2).

@@ -225,6 +225,7 @@ impl VcpuShared {
     }
 
     /// Takes the note of [`VcpuShared::note_timer_fired`] (owner only).
+    #[inline]
     pub(crate) fn take_timer_fired(&self) -> bool {
         self.owner.timer_fired.load(Ordering::Relaxed)
             && self.owner.timer_fired.swap(false, Ordering::AcqRel)

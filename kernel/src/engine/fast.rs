@@ -12,6 +12,10 @@ use apic::{ApicMode, FastIcr};
 
 use super::ipi::{IpiTally, Walk, try_kick};
 use super::{Env, VcpuEngine};
+use core::sync::atomic::Ordering;
+
+use doorbell::DescriptorStatus;
+
 use crate::counters::bump;
 use crate::fabric::VcpuShared;
 use crate::kick::{self, KickSet};
@@ -180,6 +184,52 @@ impl VcpuEngine {
         }
         self.finish_walk(env, &mut walk);
         Ok(())
+    }
+}
+
+impl VcpuEngine {
+    /// The host's part of `collect` in the two common cases, as
+    /// `Descriptor::consume` and `accept_host` would do them: nothing
+    /// posted (one load), or one edge vector and nothing else (the one
+    /// compare-exchange `consume` uses for it). False, with nothing taken,
+    /// for anything else: the caller consumes in full.
+    #[inline]
+    pub(super) fn collect_host_fast<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) -> bool {
+        // Every status bit `consume` takes or acts on.
+        const TAKEN: u32 = DescriptorStatus::VECTOR_MASK
+            | DescriptorStatus::NMI
+            | DescriptorStatus::MC
+            | DescriptorStatus::LEVEL
+            | DescriptorStatus::MULTIPLE
+            | DescriptorStatus::IPI
+            | DescriptorStatus::VECTOR_31;
+        let Ok(descriptor) = env.doorbell.descriptor(self.guest_vmpl) else {
+            return false;
+        };
+        let status = descriptor.status.load(Ordering::Acquire);
+        if status & TAKEN == 0 {
+            return true;
+        }
+        if status & TAKEN & !DescriptorStatus::VECTOR_MASK != 0 {
+            return false;
+        }
+        // One vector, nothing else: taken by clearing it.
+        let taken = status & !DescriptorStatus::VECTOR_MASK;
+        if descriptor
+            .status
+            .compare_exchange(status, taken, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        // Lossless: masked to 8 bits.
+        let vector = (status & DescriptorStatus::VECTOR_MASK) as u8;
+        if doorbell::is_legal_vector(vector) {
+            self.host_vector(vector, apic::Trigger::Edge);
+        } else {
+            bump(&mut self.counters.host_vectors_rejected);
+        }
+        true
     }
 }
 
