@@ -327,6 +327,28 @@ impl VcpuEngine {
         env: &Env<'_, P>,
         vmsa: &mut V,
     ) -> Result<(), Fatal> {
+        self.before_run_with::<true, P, V>(env, vmsa)
+    }
+
+    /// [`VcpuEngine::before_run`] without its fast paths, for the tests
+    /// that compare both (`kernel/tests/props.rs`).
+    #[cfg(feature = "ktests")]
+    pub fn before_run_without_fast_paths<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+    ) -> Result<(), Fatal> {
+        self.before_run_with::<false, P, V>(env, vmsa)
+    }
+
+    /// `before_run`, with (`FAST`) or without the cheap tests that skip
+    /// work (`fast`).
+    #[inline(always)]
+    fn before_run_with<const FAST: bool, P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+    ) -> Result<(), Fatal> {
         if let Some(fatal) = self.fatal {
             return Err(fatal);
         }
@@ -347,8 +369,8 @@ impl VcpuEngine {
             return Ok(());
         }
 
-        self.collect(env, slot)?;
-        self.present(vmsa);
+        self.collect::<FAST, P>(env, slot)?;
+        self.present::<FAST, V>(vmsa);
         self.arm_lazy_eoi(env);
 
         let v_tpr = self.apic.tpr() >> 4;
@@ -382,7 +404,8 @@ impl VcpuEngine {
     }
 
     /// Takes everything pending for this vCPU into the APIC / NMI state.
-    fn collect<P: Platform + ?Sized>(
+    #[inline(always)]
+    fn collect<const FAST: bool, P: Platform + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
         slot: &VcpuShared,
@@ -391,10 +414,8 @@ impl VcpuEngine {
         // consumed every time, so a lost #HV costs nothing.
         let _ = slot.take_hv_events();
         // Nothing, or one edge vector, without the general consume (`fast`).
-        if !self.collect_host_fast(env)
-            && let Ok(host) = env.doorbell.consume(self.guest_vmpl)
-        {
-            self.accept_host(env, &host)?;
+        if !(FAST && self.collect_host_fast(env)) {
+            self.collect_host(env)?;
         }
         if self.kick_retry {
             self.retry_failed_kicks(env);
@@ -410,8 +431,21 @@ impl VcpuEngine {
                 self.request_nmi();
             }
         }
-        self.collect_timer(env, slot);
+        // Cheap test first: with no deadline and no fire noted, the timer
+        // step does nothing.
+        if !FAST || slot.timer_fire_noted() || self.apic.next_timer_deadline().is_some() {
+            self.collect_timer(env, slot);
+        }
         Ok(())
+    }
+
+    /// Takes and accepts everything in the guest VMPL's descriptor.
+    #[inline(never)]
+    fn collect_host<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) -> Result<(), Fatal> {
+        match env.doorbell.consume(self.guest_vmpl) {
+            Ok(host) => self.accept_host(env, &host),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Host-presented interrupts from the descriptor (spec §3).
@@ -485,12 +519,13 @@ impl VcpuEngine {
     }
 
     /// Writes #MC, NMI and the highest deliverable vector into the VMSA.
-    fn present<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V) {
+    #[inline(always)]
+    fn present<const FAST: bool, V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V) {
         // A re-injected or foreign event owns EVENTINJ this run.
         let mut eventinj_free = !vmsa.event_inj().valid();
         // Cheap test first: without a #MC or an NMI pending neither block
         // below does anything.
-        if self.mc_pending || self.nmi.pending() {
+        if !FAST || self.mc_pending || self.nmi.pending() {
             self.present_mc_nmi(vmsa, &mut eventinj_free);
         }
         self.present_vector(vmsa, eventinj_free);
@@ -567,6 +602,7 @@ impl VcpuEngine {
     }
 
     /// Sets or clears the calling area's `no_eoi_required` (module doc).
+    #[inline(always)]
     fn arm_lazy_eoi<P: ?Sized>(&mut self, env: &Env<'_, P>) {
         // Armed still: the last exit could not read the byte back, so
         // whether the guest skipped its EOI is unknown; it is read again at
@@ -942,11 +978,23 @@ impl VcpuEngine {
             bump(&mut self.counters.protocol_calls);
             return CallResult::SUCCESS;
         }
-        self.handle_apic_call_general(env, vmsa, call)
+        self.handle_apic_call_general::<true, P, V>(env, vmsa, call)
+    }
+
+    /// [`VcpuEngine::handle_apic_call`] without its fast paths (nor those
+    /// of `write_register`), for the tests that compare both.
+    #[cfg(feature = "ktests")]
+    pub fn handle_apic_call_without_fast_paths<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+        call: ApicCall,
+    ) -> CallResult {
+        self.handle_apic_call_general::<false, P, V>(env, vmsa, call)
     }
 
     #[inline(never)]
-    fn handle_apic_call_general<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+    fn handle_apic_call_general<const FAST: bool, P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
         vmsa: &mut V,
@@ -977,10 +1025,17 @@ impl VcpuEngine {
                 Ok(value) => CallResult::rdx(value),
                 Err(code) => CallResult::code(code),
             },
-            ApicCall::WriteRegister { msr, value } => match self.write_register(env, msr, value) {
-                Ok(()) => CallResult::SUCCESS,
-                Err(code) => CallResult::code(code),
-            },
+            ApicCall::WriteRegister { msr, value } => {
+                let result = if FAST {
+                    self.write_register(env, msr, value)
+                } else {
+                    self.write_register_general(env, msr, value)
+                };
+                match result {
+                    Ok(()) => CallResult::SUCCESS,
+                    Err(code) => CallResult::code(code),
+                }
+            }
             ApicCall::ConfigureVector(rcx) => CallResult::code(self.configure_vector(rcx)),
             ApicCall::Unknown(_) => CallResult::code(ResultCode::UnsupportedCall),
         }

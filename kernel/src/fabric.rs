@@ -232,6 +232,7 @@ impl VcpuShared {
     }
 
     /// Whether a platform timer fire was noted and not yet taken.
+    #[inline]
     pub(crate) fn timer_fire_noted(&self) -> bool {
         self.owner.timer_fired.load(Ordering::Acquire)
     }

@@ -439,6 +439,7 @@ impl Mailbox {
     /// Whether a post is outstanding (ON set, not closed). A hint only: the owner may
     /// skip [`Mailbox::drain`] when it is false, because a post not yet
     /// covered by ON still ends in a kick.
+    #[inline]
     pub fn outstanding(&self) -> bool {
         self.pir
             .first()
