@@ -23,6 +23,7 @@ impl LocalApic {
         self.s.tsc_deadline = 0;
     }
 
+    #[inline]
     pub(crate) fn timer_mode(&self) -> u8 {
         Lvt::from_bits(self.s.lvt[LVT_TIMER]).timer_mode()
     }
@@ -115,6 +116,18 @@ impl LocalApic {
             && (old_mode == TIMER_TSC_DEADLINE || new_mode == TIMER_TSC_DEADLINE)
         {
             self.disarm_timer();
+        }
+    }
+
+    /// Whether the timer may be armed: false only when
+    /// [`LocalApic::next_timer_deadline`] is `None` (no count running, no
+    /// TSC deadline set), in a few instructions.
+    #[inline]
+    pub fn timer_may_be_armed(&self) -> bool {
+        if self.timer_mode() == TIMER_TSC_DEADLINE {
+            self.s.tsc_deadline != 0
+        } else {
+            self.s.timer_start_count != 0
         }
     }
 
