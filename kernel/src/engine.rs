@@ -621,7 +621,10 @@ impl VcpuEngine {
         let lone = match self.virq {
             // The queued vector joins ISR when the guest takes it.
             Some(v) => (isr.is_empty() && irr.is_only(v)).then_some(v),
-            None if irr.is_empty() => self.apic.highest_in_service().filter(|&h| isr.is_only(h)),
+            None if irr.is_empty() => match self.apic.highest_in_service() {
+                Some(h) if isr.is_only(h) => Some(h),
+                _ => None,
+            },
             None => None,
         };
         // A host level vector is never skipped lazily, even when an edge
