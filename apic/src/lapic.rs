@@ -10,13 +10,13 @@ use crate::vectors::VectorSet;
 #[derive(Clone, Debug)]
 pub struct LocalApic {
     pub(crate) s: ApicState,
-    /// PPR, derived from TPR and ISR: kept current by every write of
-    /// either ([`LocalApic::sync_ppr`]), so that the delivery check reads
-    /// one byte instead of scanning ISR (issue 14: highest deliverable in
-    /// about ten instructions). Not part of the saved state.
-    ppr: u8,
-    /// `ppr | 0x0F`: a vector is deliverable when it is above this (its
-    /// class is above PPR's class).
+    /// Derived from TPR and ISR and kept current by every write of either
+    /// ([`LocalApic::sync_ppr`]), so that the delivery check reads one
+    /// byte instead of scanning ISR (issue 14: highest deliverable in about
+    /// ten instructions). Not part of the saved state.
+    ///
+    /// PPR's class | 0x0F: a vector is deliverable when it is above this
+    /// (its class is above PPR's class).
     deliver_above: u8,
     /// The highest in-service vector, 0 when none (0-15 never enter ISR).
     isrv: u8,
@@ -34,7 +34,6 @@ impl LocalApic {
     fn with_state(s: ApicState) -> Self {
         let mut apic = Self {
             s,
-            ppr: 0,
             deliver_above: 0,
             isrv: 0,
         };
@@ -50,16 +49,11 @@ impl LocalApic {
     }
 
     /// Caches `isrv` (the highest in-service vector, 0 for none) and the
-    /// PPR it gives with TPR.
+    /// class of the PPR it gives with TPR.
     #[inline]
     fn set_ppr(&mut self, isrv: u8) {
         self.isrv = isrv;
-        self.ppr = if self.s.tpr & 0xF0 >= isrv & 0xF0 {
-            self.s.tpr
-        } else {
-            isrv & 0xF0
-        };
-        self.deliver_above = self.ppr | 0x0F;
+        self.deliver_above = (self.s.tpr & 0xF0).max(isrv & 0xF0) | 0x0F;
     }
 
     /// APIC ID (x2APIC width).
@@ -374,7 +368,12 @@ impl LocalApic {
     /// PPR (Intel SDM vol. 3A §11.8.3.1).
     #[inline]
     pub fn ppr(&self) -> u8 {
-        self.ppr
+        let isrv = self.isrv;
+        if self.s.tpr & 0xF0 >= isrv & 0xF0 {
+            self.s.tpr
+        } else {
+            isrv & 0xF0
+        }
     }
 
     /// The highest in-service vector (cached: no scan of ISR).
