@@ -167,7 +167,7 @@ pub fn notification_icr_all_but_self(vector: u8) -> u64 {
 /// `ID[3:0]`) of x2APIC cluster `cluster` (`ID[19:4]`): fixed, edge, the
 /// notification vector, logical destination mode (bit 11) with the x2APIC
 /// logical ID `cluster << 16 | members` in bits 63:32 (Intel SDM vol. 3A
-/// §11.12.10.2: x2APIC LDR = ID[19:4] << 16 | 1 << ID[3:0]).
+/// §11.12.10.2: x2APIC LDR = `ID[19:4] << 16 | 1 << ID[3:0]`).
 pub fn notification_icr_cluster(cluster: u16, members: u16, vector: u8) -> u64 {
     let destination = (u64::from(cluster) << 16) | u64::from(members);
     (destination << 32) | (1 << 11) | u64::from(vector)
@@ -193,9 +193,13 @@ pub fn forward_icr(host_apic_id: u32, vector: u8, nmi: bool) -> u64 {
 /// implementation object may serve every vCPU (it knows the current CPU).
 pub trait Platform {
     /// #HV IPI (GHCB 0x8000_0015): asks the host to send `icr` (x2APIC
-    /// format); the engine uses it to kick another vCPU's VMPL0
-    /// ([`notification_icr`]) and to forward a guest IPI to a vCPU whose
-    /// APIC the host emulates ([`forward_icr`]).
+    /// format); the engine uses it to kick other vCPUs' VMPL0 (one physical
+    /// destination, [`notification_icr`]; every other vCPU,
+    /// [`notification_icr_all_but_self`]; one x2APIC cluster,
+    /// [`notification_icr_cluster`]: the kicks of one guest ICR write go
+    /// out as one call where one ICR can name them) and to forward a guest
+    /// IPI to a vCPU whose APIC the host emulates ([`forward_icr`]). Pass
+    /// the ICR to the GHCB unchanged.
     fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError>;
 
     /// Specific EOI (GHCB 0x8000_001D) of host-presented level vector

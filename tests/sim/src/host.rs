@@ -744,8 +744,8 @@ impl Sim {
 /// VMPL0: the host tells them apart by vector (`kernel::platform::forward_icr`).
 /// The vCPUs (host APIC ID = index) a kick's x2APIC ICR reaches, as the
 /// host's APIC emulation routes it (Intel SDM vol. 3A §11.6.1, §11.12.10):
-/// shorthand (bits 19:18), logical cluster ID[19:4] with member bit
-/// ID[3:0] (bit 11), or one physical ID.
+/// shorthand (bits 19:18), logical cluster `ID[19:4]` with member bit
+/// `ID[3:0]` (bit 11), or one physical ID.
 fn kick_targets(from: usize, icr: u64, vcpus: usize) -> Vec<usize> {
     let destination = icr >> 32;
     match (icr >> 18) & 3 {
