@@ -1,21 +1,23 @@
 //! Fast paths for the common, simple cases (issue 14): each tests its cheap
 //! conditions first and does exactly what the general path would do in
-//! that case; everything else takes the general path. `kernel/tests/props.rs`
-//! runs random sequences through both and compares the results.
+//! that case; everything else takes the general path.
+//! `kernel/tests/fast_paths.rs` runs random sequences through both (the
+//! `*_without_fast_paths` twins) and compares everything observable.
 //!
 //! | case | fast path |
 //! |---|---|
-//! | x2APIC EOI write of 0 | [`VcpuEngine::fast_eoi`]: the APIC's EOI, the host's only for a level vector |
-//! | x2APIC ICR: fixed, legal vector, one physical ID held by the slot of that index, in x2APIC mode | [`VcpuEngine::fast_ipi`]: one post, one kick decision |
+//! | x2APIC EOI write of 0 (also through `handle_apic_call`) | [`VcpuEngine::fast_eoi`]: the APIC's EOI, `eoi_done` only for a host level vector |
+//! | x2APIC ICR: fixed, legal vector, one physical ID held by the slot of that index in x2APIC mode | [`VcpuEngine::write_icr`]: one post, one kick decision |
+//! | x2APIC ICR: fixed, legal vector, all excluding self | [`VcpuEngine::fast_broadcast`]: one compare-exchange per idle target, one shorthand kick |
+//! | `before_run`: nothing or one edge vector in the descriptor | [`VcpuEngine::collect_host_fast`] (with the cheap tests of `collect` and `present`) |
+
+use core::sync::atomic::Ordering;
 
 use apic::{ApicMode, FastIcr};
+use doorbell::DescriptorStatus;
 
 use super::ipi::{IpiTally, Walk, try_kick};
 use super::{Env, VcpuEngine};
-use core::sync::atomic::Ordering;
-
-use doorbell::DescriptorStatus;
-
 use crate::counters::bump;
 use crate::fabric::VcpuShared;
 use crate::kick::{self, KickSet};
