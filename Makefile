@@ -8,7 +8,7 @@ NO_STD_TARGET := x86_64-unknown-none
 LIB_CRATES := -p vmsa -p doorbell -p apic -p kernel
 NIGHTLY ?= nightly
 
-.PHONY: all build test image-test svm-test soak lint fmt doc bench miri run sim fuzz loom msrv package clean
+.PHONY: all build test image-test svm-test soak lint fmt doc bench bench-instr miri run sim fuzz loom msrv package clean
 
 all: build test
 
@@ -80,6 +80,11 @@ doc:
 
 bench:
 	$(CARGO) bench --workspace
+
+# Instructions per operation of the hot paths under callgrind, against the
+# goals of issue 14 (kernel/benches/instr.rs; fails when a goal is missed).
+bench-instr:
+	tests/perf/bench-instr.sh
 
 # Unit tests of the library crates under Miri (nightly component, installed on demand).
 miri:

@@ -254,6 +254,7 @@ impl LocalApic {
         match reg {
             Reg::Tpr => {
                 self.s.tpr = value as u8;
+                self.sync_ppr();
                 WriteEffect::None
             }
             Reg::Eoi => match self.eoi() {

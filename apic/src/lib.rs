@@ -47,6 +47,7 @@ pub use icr::{
     ApicAddress, DeliveryMode, Destination, DestinationFormat, IcrDeliveryMode, Ipi, Routing,
 };
 pub use lapic::{LocalApic, x2apic_ldr};
+pub use local::FastIcr;
 pub use regs::*;
 pub use state::ApicState;
 pub use types::{

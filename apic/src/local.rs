@@ -7,7 +7,58 @@ use crate::lapic::LocalApic;
 use crate::regs::*;
 use crate::types::*;
 
+/// A guest ICR write of one of the two common IPIs, recognised without
+/// decoding an [`Ipi`] ([`LocalApic::write_icr_fast`]): fixed, edge (the
+/// level bits do not matter for a fixed IPI, spec §6), a legal vector.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FastIcr {
+    /// To one physical x2APIC ID (not the broadcast ID).
+    Physical {
+        /// Destination APIC ID.
+        id: u32,
+        /// Vector (16-255).
+        vector: u8,
+    },
+    /// Shorthand all-excluding-self.
+    AllButSelf {
+        /// Vector (16-255).
+        vector: u8,
+    },
+}
+
 impl LocalApic {
+    /// The common guest IPIs with one mask test (the engine's fast path,
+    /// issue 14): an x2APIC ICR write of a fixed IPI with a legal vector to
+    /// one physical ID or to all but self, no reserved bit. Stores the ICR
+    /// as [`LocalApic::write_msr`] does and says where it goes; for every
+    /// other value it changes nothing and returns `None` (use `write_msr`,
+    /// which decodes it fully, errors included).
+    #[inline]
+    pub fn write_icr_fast(&mut self, value: u64) -> Option<FastIcr> {
+        // Bits 13:8 (fixed = 000, physical, delivery status, reserved),
+        // 17:16 (reserved) and 31:20 (reserved): everything but the
+        // vector, level, trigger and shorthand.
+        const NOT_FIXED_PHYSICAL: u64 = 0xFFF3_3F00;
+        const SHORTHAND: u64 = 3 << 18;
+        let vector = value as u8;
+        if value & NOT_FIXED_PHYSICAL != 0 || vector < 16 || self.mode() != ApicMode::X2Apic {
+            return None;
+        }
+        let fast = match value & SHORTHAND {
+            0 => {
+                let id = (value >> 32) as u32;
+                if id == u32::MAX {
+                    return None;
+                }
+                FastIcr::Physical { id, vector }
+            }
+            SHORTHAND => FastIcr::AllButSelf { vector },
+            _ => return None,
+        };
+        self.s.icr = value;
+        Some(fast)
+    }
+
     /// Sends the ICR. A fixed or lowest-priority IPI with a vector 0-15 is a
     /// send error: ESR bit 5, "send illegal vector", is latched (Intel SDM
     /// vol. 3A §11.5.3, Table 11-6: "a write to the ICR ... or to SELF IPI

@@ -23,6 +23,7 @@ impl LocalApic {
         self.s.tsc_deadline = 0;
     }
 
+    #[inline]
     pub(crate) fn timer_mode(&self) -> u8 {
         Lvt::from_bits(self.s.lvt[LVT_TIMER]).timer_mode()
     }
@@ -118,7 +119,20 @@ impl LocalApic {
         }
     }
 
+    /// Whether the timer may be armed: false only when
+    /// [`LocalApic::next_timer_deadline`] is `None` (no count running, no
+    /// TSC deadline set), in a few instructions.
+    #[inline]
+    pub fn timer_may_be_armed(&self) -> bool {
+        if self.timer_mode() == TIMER_TSC_DEADLINE {
+            self.s.tsc_deadline != 0
+        } else {
+            self.s.timer_start_count != 0
+        }
+    }
+
     /// When the timer next fires, in `now` ticks; `None` when not armed.
+    #[inline]
     pub fn next_timer_deadline(&self) -> Option<u64> {
         if self.timer_mode() == TIMER_TSC_DEADLINE {
             (self.s.tsc_deadline != 0).then_some(self.s.tsc_deadline)

@@ -105,8 +105,9 @@ impl VectorSet {
     #[inline]
     pub fn highest(&self) -> Option<u8> {
         let [w0, w1, w2, w3] = self.bits;
-        // 63 - leading_zeros of a non-zero word is 0..=63: no overflow.
-        let top = |w: u64, base: u8| (63u8 ^ (w.leading_zeros() as u8)) | base;
+        // ilog2 of a non-zero word is 0..=63 (one `bsr`; the `unwrap_or`
+        // is never taken and compiles away).
+        let top = |w: u64, base: u8| (w.checked_ilog2().unwrap_or(0) as u8) | base;
         if w3 != 0 {
             Some(top(w3, 192))
         } else if w2 != 0 {
@@ -118,6 +119,14 @@ impl VectorSet {
         } else {
             None
         }
+    }
+
+    /// Whether the set is exactly `{vector}`.
+    #[inline]
+    pub fn is_only(&self, vector: u8) -> bool {
+        let mut only = Self::EMPTY;
+        only.insert(vector);
+        self.bits == only.bits
     }
 
     /// Whether the set is empty.

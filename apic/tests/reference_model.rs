@@ -2,8 +2,10 @@
 //! models (Intel SDM vol. 3A, spec §6).
 //!
 //! - IRR/ISR/PPR (§11.8.3-11.8.5): random requests, acknowledges (of the
-//!   highest deliverable vector), EOIs and TPR writes must produce the same
-//!   delivered-vector sequence, the same EOI answers and the same PPR.
+//!   highest deliverable vector), recalls of a delivery, EOIs, TPR writes
+//!   (direct and through the TPR MSR) and save/restore must produce the
+//!   same delivered-vector sequence, the same EOI answers and the same PPR
+//!   (the APIC caches PPR, so every way TPR or ISR changes is exercised).
 //! - Timer (§11.5.4): a tick-by-tick simulation of the counter over every
 //!   mode, divider, mode switch (running or expired), initial-count and
 //!   TSC-deadline write; the current count, the deadline and the timer
@@ -23,7 +25,7 @@
 use apic::{
     ApicConfig, EoiInfo, LocalApic, LocalInterrupt, MSR_APIC_BASE, MSR_ESR, MSR_ICR, MSR_LVT_CMCI,
     MSR_LVT_ERROR, MSR_LVT_TIMER, MSR_SELF_IPI, MSR_SVR, MSR_TIMER_CURRENT, MSR_TIMER_DIVIDE,
-    MSR_TIMER_INITIAL, RequestOutcome, Trigger, WriteEffect, timer_divisor,
+    MSR_TIMER_INITIAL, MSR_TPR, RequestOutcome, Trigger, WriteEffect, timer_divisor,
 };
 use proptest::prelude::*;
 
@@ -86,6 +88,14 @@ impl Model {
         Some(v)
     }
 
+    /// A delivery did not happen: ISR -> IRR.
+    fn undeliver(&mut self, v: u8) {
+        if self.isr[v as usize] {
+            self.isr[v as usize] = false;
+            self.irr[v as usize] = true;
+        }
+    }
+
     fn eoi(&mut self) -> Option<(u8, bool)> {
         let v = Self::highest(&self.isr)?;
         self.isr[v] = false;
@@ -99,6 +109,10 @@ enum Op {
     Deliver,
     Eoi,
     Tpr(u8),
+    TprMsr(u8),
+    /// Recall the most recently delivered vector.
+    Undeliver,
+    SaveRestore,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -107,6 +121,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Deliver),
         2 => Just(Op::Eoi),
         1 => any::<u8>().prop_map(Op::Tpr),
+        1 => any::<u8>().prop_map(Op::TprMsr),
+        1 => Just(Op::Undeliver),
+        1 => Just(Op::SaveRestore),
     ]
 }
 
@@ -153,6 +170,18 @@ proptest! {
                     apic.set_tpr(t);
                     model.tpr = t;
                 }
+                Op::TprMsr(t) => {
+                    apic.write_msr(MSR_TPR, u64::from(t), 0).unwrap();
+                    model.tpr = t;
+                }
+                Op::Undeliver => {
+                    if let Some(v) = got.pop() {
+                        apic.unacknowledge(v);
+                        model.undeliver(v);
+                        want.pop();
+                    }
+                }
+                Op::SaveRestore => apic = LocalApic::restore(&apic.save()),
             }
             prop_assert_eq!(apic.ppr(), model.ppr());
             prop_assert_eq!(apic.highest_deliverable(), model.deliverable());

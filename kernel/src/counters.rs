@@ -27,8 +27,12 @@ pub struct Counters {
     pub forged_exit_events: u64,
     /// EOIs the guest skipped through `no_eoi_required`, performed by the engine.
     pub lazy_eois: u64,
-    /// #HV IPIs sent to wake another vCPU.
+    /// Other vCPUs woken with a kick (#HV IPI with the notification
+    /// vector); one call may wake many (`kick_calls`).
     pub kicks_sent: u64,
+    /// #HV IPI calls made for kicks: one per guest ICR write whose targets
+    /// fit one x2APIC ICR (see `kick`), retries included.
+    pub kick_calls: u64,
     /// Posts that needed no kick (target mailbox already non-empty).
     pub kicks_suppressed: u64,
     /// Failed kicks retried (by a later post to the target or at this
@@ -76,5 +80,9 @@ pub struct Counters {
 /// Adds one, saturating.
 #[inline]
 pub(crate) fn bump(counter: &mut u64) {
-    *counter = counter.saturating_add(1);
+    // The same as `saturating_add(1)`, as a compare and an increment in
+    // memory (three instructions instead of five on the hot paths).
+    if *counter != u64::MAX {
+        *counter = counter.wrapping_add(1);
+    }
 }

@@ -55,6 +55,7 @@
 //! hardware a #MC during #MC delivery shuts the CPU down), never a panic.
 
 mod cancel;
+mod fast;
 mod handback;
 mod ipi;
 mod timer;
@@ -326,6 +327,28 @@ impl VcpuEngine {
         env: &Env<'_, P>,
         vmsa: &mut V,
     ) -> Result<(), Fatal> {
+        self.before_run_with::<true, P, V>(env, vmsa)
+    }
+
+    /// [`VcpuEngine::before_run`] without its fast paths, for the tests
+    /// that compare both (`kernel/tests/props.rs`).
+    #[cfg(feature = "ktests")]
+    pub fn before_run_without_fast_paths<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+    ) -> Result<(), Fatal> {
+        self.before_run_with::<false, P, V>(env, vmsa)
+    }
+
+    /// `before_run`, with (`FAST`) or without the cheap tests that skip
+    /// work (`fast`).
+    #[inline(always)]
+    fn before_run_with<const FAST: bool, P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+    ) -> Result<(), Fatal> {
         if let Some(fatal) = self.fatal {
             return Err(fatal);
         }
@@ -346,8 +369,8 @@ impl VcpuEngine {
             return Ok(());
         }
 
-        self.collect(env, slot)?;
-        self.present(vmsa);
+        self.collect::<FAST, P>(env, slot)?;
+        self.present::<FAST, V>(vmsa);
         self.arm_lazy_eoi(env);
 
         let v_tpr = self.apic.tpr() >> 4;
@@ -381,7 +404,8 @@ impl VcpuEngine {
     }
 
     /// Takes everything pending for this vCPU into the APIC / NMI state.
-    fn collect<P: Platform + ?Sized>(
+    #[inline(always)]
+    fn collect<const FAST: bool, P: Platform + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
         slot: &VcpuShared,
@@ -389,8 +413,9 @@ impl VcpuEngine {
         // The #HV handler's notes are informative: the descriptor is
         // consumed every time, so a lost #HV costs nothing.
         let _ = slot.take_hv_events();
-        if let Ok(host) = env.doorbell.consume(self.guest_vmpl) {
-            self.accept_host(env, &host)?;
+        // Nothing, or one edge vector, without the general consume (`fast`).
+        if !(FAST && self.collect_host_fast(env)) {
+            self.collect_host(env)?;
         }
         if self.kick_retry {
             self.retry_failed_kicks(env);
@@ -406,8 +431,21 @@ impl VcpuEngine {
                 self.request_nmi();
             }
         }
-        self.collect_timer(env, slot);
+        // Cheap test first: with no deadline and no fire noted, the timer
+        // step does nothing.
+        if !FAST || slot.timer_fire_noted() || self.apic.timer_may_be_armed() {
+            self.collect_timer(env, slot);
+        }
         Ok(())
+    }
+
+    /// Takes and accepts everything in the guest VMPL's descriptor.
+    #[inline(never)]
+    fn collect_host<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>) -> Result<(), Fatal> {
+        match env.doorbell.consume(self.guest_vmpl) {
+            Ok(host) => self.accept_host(env, &host),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Host-presented interrupts from the descriptor (spec §3).
@@ -456,6 +494,7 @@ impl VcpuEngine {
     }
 
     /// One host vector through the filter; true when the APIC holds it.
+    #[inline]
     fn host_vector(&mut self, vector: u8, trigger: Trigger) -> bool {
         if !doorbell::is_legal_vector(vector) {
             bump(&mut self.counters.host_vectors_rejected);
@@ -480,14 +519,25 @@ impl VcpuEngine {
     }
 
     /// Writes #MC, NMI and the highest deliverable vector into the VMSA.
-    fn present<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V) {
+    #[inline(always)]
+    fn present<const FAST: bool, V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V) {
         // A re-injected or foreign event owns EVENTINJ this run.
         let mut eventinj_free = !vmsa.event_inj().valid();
-        if self.mc_pending && eventinj_free {
+        // Cheap test first: without a #MC or an NMI pending neither block
+        // below does anything.
+        if !FAST || self.mc_pending || self.nmi.pending() {
+            self.present_mc_nmi(vmsa, &mut eventinj_free);
+        }
+        self.present_vector(vmsa, eventinj_free);
+    }
+
+    /// The #MC and NMI part of [`VcpuEngine::present`].
+    fn present_mc_nmi<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V, eventinj_free: &mut bool) {
+        if self.mc_pending && *eventinj_free {
             vmsa.set_event_inj(EventInj::exception(MC_VECTOR, None));
             self.eventinj = Some(InEventInj::MachineCheck);
             self.mc_pending = false;
-            eventinj_free = false;
+            *eventinj_free = false;
         }
 
         let ctrl = vmsa.vintr_ctrl();
@@ -496,19 +546,23 @@ impl VcpuEngine {
             ctrl.v_nmi(),
             ctrl.v_nmi_mask(),
             ctrl.int_shadow(),
-            eventinj_free,
+            *eventinj_free,
         ) {
             match via {
                 NmiVia::VNmi => vmsa.set_vintr_ctrl(ctrl.with_v_nmi(true)),
                 NmiVia::EventInj => {
                     vmsa.set_event_inj(EventInj::nmi());
                     self.eventinj = Some(InEventInj::Nmi);
-                    eventinj_free = false;
+                    *eventinj_free = false;
                 }
             }
             self.nmi.mark_presented(via);
         }
+    }
 
+    /// The APIC vector part of [`VcpuEngine::present`].
+    #[inline]
+    fn present_vector<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V, eventinj_free: bool) {
         let (vector, behind_tpr) = match self.apic.highest_deliverable() {
             Some(vector) => (vector, false),
             None => match self.highest_behind_tpr() {
@@ -548,6 +602,7 @@ impl VcpuEngine {
     }
 
     /// Sets or clears the calling area's `no_eoi_required` (module doc).
+    #[inline(always)]
     fn arm_lazy_eoi<P: ?Sized>(&mut self, env: &Env<'_, P>) {
         // Armed still: the last exit could not read the byte back, so
         // whether the guest skipped its EOI is unknown; it is read again at
@@ -565,8 +620,11 @@ impl VcpuEngine {
         // not a baseline x86-64 instruction).
         let lone = match self.virq {
             // The queued vector joins ISR when the guest takes it.
-            Some(v) => (isr.is_empty() && only(irr, v)).then_some(v),
-            None if irr.is_empty() => isr.highest().filter(|&h| only(isr, h)),
+            Some(v) => (isr.is_empty() && irr.is_only(v)).then_some(v),
+            None if irr.is_empty() => match self.apic.highest_in_service() {
+                Some(h) if isr.is_only(h) => Some(h),
+                _ => None,
+            },
             None => None,
         };
         // A host level vector is never skipped lazily, even when an edge
@@ -835,6 +893,7 @@ impl VcpuEngine {
         }
     }
 
+    #[inline(never)]
     fn eoi_done<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, info: apic::EoiInfo) {
         // With EOI-broadcast suppression (SVR bit 12) the guest EOIs the
         // (host's) IOAPIC itself, so the host must not get a second EOI
@@ -903,7 +962,42 @@ impl VcpuEngine {
     // ------------------------------------------------------------- protocol
 
     /// Answers one APIC protocol call (RAX/RCX/RDX already decoded).
+    #[inline]
     pub fn handle_apic_call<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+        call: ApicCall,
+    ) -> CallResult {
+        // The hottest call first (`fast`): the EOI write.
+        if call
+            == (ApicCall::WriteRegister {
+                msr: fast::MSR_EOI,
+                value: 0,
+            })
+            && self.registration.emulating()
+            && self.fast_eoi(env)
+        {
+            bump(&mut self.counters.protocol_calls);
+            return CallResult::SUCCESS;
+        }
+        self.handle_apic_call_general::<true, P, V>(env, vmsa, call)
+    }
+
+    /// [`VcpuEngine::handle_apic_call`] without its fast paths (nor those
+    /// of `write_register`), for the tests that compare both.
+    #[cfg(feature = "ktests")]
+    pub fn handle_apic_call_without_fast_paths<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+        call: ApicCall,
+    ) -> CallResult {
+        self.handle_apic_call_general::<false, P, V>(env, vmsa, call)
+    }
+
+    #[inline(never)]
+    fn handle_apic_call_general<const FAST: bool, P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
         vmsa: &mut V,
@@ -934,10 +1028,17 @@ impl VcpuEngine {
                 Ok(value) => CallResult::rdx(value),
                 Err(code) => CallResult::code(code),
             },
-            ApicCall::WriteRegister { msr, value } => match self.write_register(env, msr, value) {
-                Ok(()) => CallResult::SUCCESS,
-                Err(code) => CallResult::code(code),
-            },
+            ApicCall::WriteRegister { msr, value } => {
+                let result = if FAST {
+                    self.write_register(env, msr, value)
+                } else {
+                    self.write_register_general(env, msr, value)
+                };
+                match result {
+                    Ok(()) => CallResult::SUCCESS,
+                    Err(code) => CallResult::code(code),
+                }
+            }
             ApicCall::ConfigureVector(rcx) => CallResult::code(self.configure_vector(rcx)),
             ApicCall::Unknown(_) => CallResult::code(ResultCode::UnsupportedCall),
         }
@@ -1015,7 +1116,37 @@ impl VcpuEngine {
     }
 
     /// WRITE_REGISTER (see [`VcpuEngine::read_register`] for the mapping).
+    #[inline]
     pub fn write_register<P: Platform + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        msr: u64,
+        value: u64,
+    ) -> Result<(), ResultCode> {
+        // The two hot registers first (`fast`); small enough to inline.
+        if msr == fast::MSR_EOI && value == 0 && self.fast_eoi(env) {
+            return Ok(());
+        }
+        if msr == fast::MSR_ICR {
+            return self.write_icr(env, value);
+        }
+        self.write_register_general(env, msr, value)
+    }
+
+    /// [`VcpuEngine::write_register`] without its fast paths, for the
+    /// tests that compare both (`kernel/tests/props.rs`).
+    #[cfg(feature = "ktests")]
+    pub fn write_register_without_fast_paths<P: Platform + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        msr: u64,
+        value: u64,
+    ) -> Result<(), ResultCode> {
+        self.write_register_general(env, msr, value)
+    }
+
+    #[inline(never)]
+    fn write_register_general<P: Platform + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
         msr: u64,
@@ -1076,12 +1207,6 @@ fn has_host_posts(descriptor: &Descriptor) -> bool {
         | DescriptorStatus::MULTIPLE
         | DescriptorStatus::VECTOR_31;
     descriptor.status.load(Ordering::Acquire) & POSTS != 0
-}
-
-/// Whether `set` is exactly `{vector}`.
-fn only(set: &apic::VectorSet, vector: u8) -> bool {
-    let mut rest = *set;
-    rest.remove(vector) && rest.is_empty()
 }
 
 /// xAPIC MMIO offset of x2APIC MSR `msr` (Intel SDM vol. 3A §11.12.1.2).

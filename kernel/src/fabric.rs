@@ -131,6 +131,7 @@ impl VcpuShared {
     }
 
     /// The posted-interrupt mailbox.
+    #[inline]
     pub fn mailbox(&self) -> &Mailbox {
         &self.mailbox
     }
@@ -160,11 +161,29 @@ impl VcpuShared {
     }
 
     /// The packed published address (0 when absent).
+    #[inline]
     pub fn packed_address(&self) -> u64 {
         self.address.load(Ordering::Acquire)
     }
 
+    /// Whether the published address is x2APIC mode with ID `id` (one
+    /// load and compare: the engine's fast IPI path).
+    #[inline]
+    pub(crate) fn is_x2apic_id(&self, id: u32) -> bool {
+        // An x2APIC address has no xAPIC logical ID (bits 39:32); the DFR
+        // model bit does not matter for a physical destination.
+        self.packed_address() & !CLUSTER_BIT == u64::from(id) | (MODE_X2APIC << MODE_SHIFT)
+    }
+
+    /// Whether a broadcast reaches this slot: present, APIC enabled (the
+    /// test of [`Fabric::for_each_target`]'s broadcast walk).
+    #[inline]
+    pub(crate) fn takes_broadcast(&self) -> bool {
+        self.packed_address() >> MODE_SHIFT >= MODE_XAPIC
+    }
+
     /// The APIC ID the host knows this vCPU by (destination of its kick).
+    #[inline]
     pub fn host_apic_id(&self) -> u32 {
         self.host_apic_id.load(Ordering::Relaxed)
     }
@@ -175,6 +194,7 @@ impl VcpuShared {
         self.owner.running.load(Ordering::Relaxed)
     }
 
+    #[inline]
     pub(crate) fn set_running(&self, running: bool) {
         self.owner.running.store(running, Ordering::Relaxed);
     }
@@ -188,6 +208,7 @@ impl VcpuShared {
     }
 
     /// Takes the per-VMPL events noted since the last call (owner only).
+    #[inline]
     pub(crate) fn take_hv_events(&self) -> u8 {
         if self.owner.hv_events.load(Ordering::Relaxed) == 0 {
             return 0;
@@ -204,12 +225,14 @@ impl VcpuShared {
     }
 
     /// Takes the note of [`VcpuShared::note_timer_fired`] (owner only).
+    #[inline]
     pub(crate) fn take_timer_fired(&self) -> bool {
         self.owner.timer_fired.load(Ordering::Relaxed)
             && self.owner.timer_fired.swap(false, Ordering::AcqRel)
     }
 
     /// Whether a platform timer fire was noted and not yet taken.
+    #[inline]
     pub(crate) fn timer_fire_noted(&self) -> bool {
         self.owner.timer_fired.load(Ordering::Acquire)
     }
@@ -287,11 +310,19 @@ impl<'a> Fabric<'a> {
     }
 
     /// The slot of vCPU `index`.
+    #[inline]
     pub fn slot(&self, index: usize) -> Option<&'a VcpuShared> {
         self.slots.get(index)
     }
 
+    /// Every slot, in index order.
+    #[inline]
+    pub(crate) fn slots(&self) -> &'a [VcpuShared] {
+        self.slots
+    }
+
     /// Number of slots.
+    #[inline]
     pub fn len(&self) -> usize {
         self.slots.len()
     }
@@ -347,9 +378,7 @@ impl<'a> Fabric<'a> {
         for (index, slot) in (first..).zip(slots) {
             let hit = match scan {
                 Scan::Only(_) => true,
-                Scan::All { skip } => {
-                    skip != Some(index) && slot.packed_address() >> MODE_SHIFT >= MODE_XAPIC
-                }
+                Scan::All { skip } => skip != Some(index) && slot.takes_broadcast(),
                 Scan::Match { .. } => Self::accepts(slot, source_id, destination),
             };
             if hit {

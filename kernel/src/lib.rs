@@ -39,6 +39,8 @@ pub mod fabric;
 #[cfg(not(feature = "loom"))]
 pub mod hv;
 #[cfg(not(feature = "loom"))]
+mod kick;
+#[cfg(not(feature = "loom"))]
 pub mod level;
 #[cfg(not(feature = "loom"))]
 pub mod nmi;

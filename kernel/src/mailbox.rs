@@ -118,6 +118,15 @@ impl PostBits {
     }
 }
 
+impl PostBits {
+    /// The bit in PIR word 0, when these bits live there (vectors 208-255,
+    /// NMI): what [`Mailbox::post_word0_to_empty`] takes.
+    #[inline]
+    pub fn word0_bit(self) -> Option<u64> {
+        (self.word == 0).then(|| 1u64 << (self.shift & 63))
+    }
+}
+
 /// What a post asks of the sender.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Post {
@@ -302,6 +311,65 @@ impl Mailbox {
         }
     }
 
+    /// [`Mailbox::post_bits`] for a mailbox that is probably empty (a
+    /// broadcast to idle vCPUs): word 0 moves from 0 (what a drain leaves)
+    /// to the new bits and ON in one compare-exchange, with nothing else
+    /// to read or decide ([`Post::Kick`]). `None`, and nothing changed,
+    /// when word 0 was not 0: post with [`Mailbox::post_bits`]. A vector
+    /// of words 1-3 is set in its word first, as `post_bits` does; if it
+    /// was set already the post is [`Post::Covered`], and if word 0 was not
+    /// empty the post finishes as `post_bits` would.
+    ///
+    /// A successful compare-exchange is the `fetch_or` of `post_bits`
+    /// returning 0, with the same ordering (the loom test runs both).
+    #[inline]
+    pub fn post_bits_to_empty(&self, bits: PostBits) -> Option<Post> {
+        let PostBits { word, shift } = bits;
+        let bit = 1u64 << (shift & 63);
+        let w0 = self.pir.first()?;
+        if word == 0 {
+            return w0
+                .compare_exchange(0, bit | ON, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+                .then_some(Post::Kick);
+        }
+        let w = self.pir.get(word)?;
+        if w.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            return Some(Post::Covered);
+        }
+        if w0
+            .compare_exchange(0, ON, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(Post::Kick);
+        }
+        Some(self.announce(word, bit))
+    }
+
+    /// [`Mailbox::post_bits_to_empty`] for a bit of word 0
+    /// ([`PostBits::word0_bit`]): true when posted (a [`Post::Kick`]),
+    /// false, and nothing changed, when the mailbox was not empty.
+    #[inline]
+    pub fn post_word0_to_empty(&self, bit: u64) -> bool {
+        self.pir.first().is_some_and(|w0| {
+            w0.compare_exchange(0, bit | ON, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    /// Announces `bit`, already set in PIR word `word` (1-3): ON in word 0,
+    /// or, when closed, takes it back for the sender to forward.
+    #[inline]
+    fn announce(&self, word: usize, bit: u64) -> Post {
+        match self.set_in_word0(0) {
+            Post::Closed => match self.pir.get(word) {
+                Some(w) => take_back(w, bit),
+                None => Post::Covered,
+            },
+            other => other,
+        }
+    }
+
     /// Sets `bits` and ON in word 0.
     #[inline]
     fn set_in_word0(&self, bits: u64) -> Post {
@@ -371,6 +439,7 @@ impl Mailbox {
     /// Whether a post is outstanding (ON set, not closed). A hint only: the owner may
     /// skip [`Mailbox::drain`] when it is false, because a post not yet
     /// covered by ON still ends in a kick.
+    #[inline]
     pub fn outstanding(&self) -> bool {
         self.pir
             .first()

@@ -156,6 +156,23 @@ pub fn notification_icr(host_apic_id: u32, vector: u8) -> u64 {
     (u64::from(host_apic_id) << 32) | u64::from(vector)
 }
 
+/// ICR of one #HV IPI that kicks the VMPL0 of every vCPU but the caller:
+/// fixed, edge, the notification vector, shorthand all-excluding-self
+/// (bits 19:18 = 11b; x2APIC ICR format, Intel SDM vol. 3A §11.12.9).
+pub fn notification_icr_all_but_self(vector: u8) -> u64 {
+    (3 << 18) | u64::from(vector)
+}
+
+/// ICR of one #HV IPI that kicks the VMPL0 of the members `members` (bit
+/// `ID[3:0]`) of x2APIC cluster `cluster` (`ID[19:4]`): fixed, edge, the
+/// notification vector, logical destination mode (bit 11) with the x2APIC
+/// logical ID `cluster << 16 | members` in bits 63:32 (Intel SDM vol. 3A
+/// §11.12.10.2: x2APIC LDR = `ID[19:4] << 16 | 1 << ID[3:0]`).
+pub fn notification_icr_cluster(cluster: u16, members: u16, vector: u8) -> u64 {
+    let destination = (u64::from(cluster) << 16) | u64::from(members);
+    (destination << 32) | (1 << 11) | u64::from(vector)
+}
+
 /// ICR of the #HV IPI that forwards a guest IPI to a vCPU whose APIC the
 /// host emulates (handed back, spec §5 CONFIGURE): physical destination
 /// `host_apic_id` in bits 63:32, edge, and either fixed delivery of the
@@ -176,9 +193,13 @@ pub fn forward_icr(host_apic_id: u32, vector: u8, nmi: bool) -> u64 {
 /// implementation object may serve every vCPU (it knows the current CPU).
 pub trait Platform {
     /// #HV IPI (GHCB 0x8000_0015): asks the host to send `icr` (x2APIC
-    /// format); the engine uses it to kick another vCPU's VMPL0
-    /// ([`notification_icr`]) and to forward a guest IPI to a vCPU whose
-    /// APIC the host emulates ([`forward_icr`]).
+    /// format); the engine uses it to kick other vCPUs' VMPL0 (one physical
+    /// destination, [`notification_icr`]; every other vCPU,
+    /// [`notification_icr_all_but_self`]; one x2APIC cluster,
+    /// [`notification_icr_cluster`]: the kicks of one guest ICR write go
+    /// out as one call where one ICR can name them) and to forward a guest
+    /// IPI to a vCPU whose APIC the host emulates ([`forward_icr`]). Pass
+    /// the ICR to the GHCB unchanged.
     fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError>;
 
     /// Specific EOI (GHCB 0x8000_001D) of host-presented level vector

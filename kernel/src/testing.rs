@@ -56,6 +56,11 @@ impl CallLog {
         }
     }
 
+    /// The entries recorded (the last `LOG_LEN`, in ring order).
+    pub fn entries(&self) -> [u64; LOG_LEN] {
+        core::array::from_fn(|i| self.entries.get(i).map_or(0, |e| e.load(Ordering::Acquire)))
+    }
+
     /// Calls recorded so far.
     pub fn count(&self) -> u32 {
         self.count.load(Ordering::Acquire)

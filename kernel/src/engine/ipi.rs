@@ -6,6 +6,7 @@ use apic::{ApicMode, DeliveryMode, Destination, Ipi, Trigger};
 use super::{Env, VcpuEngine, rare};
 use crate::counters::bump;
 use crate::fabric::VcpuShared;
+use crate::kick::{KickReport, KickSet};
 use crate::mailbox::{Post, PostBits};
 use crate::platform::{Platform, forward_icr, notification_icr};
 use crate::protocol::ResultCode;
@@ -94,10 +95,7 @@ impl VcpuEngine {
         // Local tallies, and no `self` in the closure: counters bumped in
         // memory per target would be reloaded and stored around every
         // atomic (a broadcast to 511).
-        let mut kicks = 0u32;
-        let mut suppressed = 0u32;
-        // Failed kicks, retries, forwards: rare, kept out of line.
-        let mut rare_paths = IpiTally::default();
+        let mut walk = Walk::new();
         // Computed once; keeps the per-target closure small enough for
         // LLVM to inline it into the fabric's walk (a call per target costs
         // about 4 ns in a broadcast to 511).
@@ -115,16 +113,11 @@ impl VcpuEngine {
                 Some(bits) => slot.mailbox().post_bits(bits),
                 None => Post::Covered,
             };
-            match post {
-                Post::Kick if try_kick(env.platform, slot, notification) => {
-                    kicks = kicks.wrapping_add(1);
-                }
-                Post::Covered => suppressed = suppressed.wrapping_add(1),
-                other => rare_paths.rare_post(other, env.platform, slot, notification, vector, nmi),
-            }
+            walk.outcome(post, env.platform, index, slot, notification, vector, nmi);
         };
         env.fabric
             .for_each_target(me, source, destination, per_target);
+        self.finish_walk(env, &mut walk);
         if to_self {
             if nmi {
                 self.request_nmi();
@@ -132,13 +125,42 @@ impl VcpuEngine {
                 let _ = self.apic.request(vector, Trigger::Edge);
             }
         }
+    }
+
+    /// Sends the kicks `walk` collected (see `kick`) and adds its tallies
+    /// to the counters.
+    #[inline]
+    pub(super) fn finish_walk<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, walk: &mut Walk) {
+        let report = walk.to_kick.send(
+            env.platform,
+            env.fabric,
+            self.index(),
+            self.notification_vector,
+        );
+        self.count_kicks(walk, &report);
+    }
+
+    /// Adds the tallies of `walk` and of the kicks sent for it (`report`)
+    /// to the counters.
+    #[inline]
+    pub(super) fn count_kicks(&mut self, walk: &mut Walk, report: &KickReport) {
+        if report.failed != 0 {
+            walk.rare.batch_failed(report);
+        }
         let c = &mut self.counters;
-        c.kicks_sent = c.kicks_sent.saturating_add(u64::from(kicks));
-        c.kicks_suppressed = c.kicks_suppressed.saturating_add(u64::from(suppressed));
+        c.kicks_sent = c
+            .kicks_sent
+            .saturating_add(u64::from(walk.kicks.wrapping_add(report.kicked)));
+        c.kick_calls = c
+            .kick_calls
+            .saturating_add(u64::from(walk.calls.wrapping_add(report.calls)));
+        c.kicks_suppressed = c
+            .kicks_suppressed
+            .saturating_add(u64::from(walk.suppressed));
         // One flag, not the fields: a wide load of fields just stored one
         // by one would stall on store forwarding.
-        if rare_paths.any {
-            self.count_ipi(&rare_paths);
+        if walk.rare.any {
+            self.count_ipi(&walk.rare);
         }
     }
 
@@ -147,12 +169,13 @@ impl VcpuEngine {
     /// failures are logged, rate-limited.
     #[cold]
     #[inline(never)]
-    fn count_ipi(&mut self, t: &IpiTally) {
+    pub(super) fn count_ipi(&mut self, t: &IpiTally) {
         let c = &mut self.counters;
         let add = |counter: &mut u64, n: u32| *counter = counter.saturating_add(u64::from(n));
         add(&mut c.kicks_sent, t.kicks);
         add(&mut c.kicks_suppressed, t.suppressed);
         add(&mut c.kick_retries, t.retries);
+        add(&mut c.kick_calls, t.retries.wrapping_add(t.calls));
         add(&mut c.ipis_forwarded, t.forwarded);
         if t.kick_failed == 0 && t.forward_failed == 0 {
             return;
@@ -225,15 +248,82 @@ impl VcpuEngine {
     }
 }
 
+/// The outcomes of the posts of one guest IPI, kept in locals while the
+/// targets are walked (the general routing and the fast broadcast share
+/// it), then counted by `VcpuEngine::count_kicks`.
+pub(super) struct Walk {
+    /// The targets to kick, sent as few #HV IPI calls as possible once the
+    /// walk is done (`kick`).
+    pub(super) to_kick: KickSet,
+    /// Kicks (and their calls) of targets beyond the kick set, made at once.
+    kicks: u32,
+    calls: u32,
+    suppressed: u32,
+    /// Failed kicks, retries, forwards: rare, kept out of line.
+    rare: IpiTally,
+}
+
+impl Walk {
+    #[inline]
+    pub(super) const fn new() -> Self {
+        Self {
+            to_kick: KickSet::new(),
+            kicks: 0,
+            calls: 0,
+            suppressed: 0,
+            rare: IpiTally {
+                any: false,
+                kicks: 0,
+                suppressed: 0,
+                retries: 0,
+                kick_failed: 0,
+                calls: 0,
+                forwarded: 0,
+                forward_failed: 0,
+            },
+        }
+    }
+
+    /// What the post into `slot` (fabric index `index`) answered.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn outcome<P: Platform + ?Sized>(
+        &mut self,
+        post: Post,
+        platform: &P,
+        index: usize,
+        slot: &VcpuShared,
+        notification: u8,
+        vector: u8,
+        nmi: bool,
+    ) {
+        match post {
+            Post::Kick if self.to_kick.add(index) => {}
+            Post::Kick if try_kick(platform, slot, notification) => {
+                self.kicks = self.kicks.wrapping_add(1);
+                self.calls = self.calls.wrapping_add(1);
+            }
+            Post::Covered => self.suppressed = self.suppressed.wrapping_add(1),
+            other => self
+                .rare
+                .rare_post(other, platform, slot, notification, vector, nmi),
+        }
+    }
+}
+
 /// What one guest IPI did, per target kind (see `VcpuEngine::count_ipi`).
 #[derive(Clone, Copy, Default)]
-struct IpiTally {
+pub(super) struct IpiTally {
     /// Something was recorded.
     any: bool,
     kicks: u32,
     suppressed: u32,
     retries: u32,
+    /// Failed kick calls (a batched call counts once).
     kick_failed: u32,
+    /// Kick calls not counted in `retries` (a failed kick beyond the
+    /// kick set's capacity).
+    calls: u32,
     forwarded: u32,
     forward_failed: u32,
 }
@@ -245,7 +335,7 @@ impl IpiTally {
     /// a closed mailbox (forward to the host).
     #[cold]
     #[inline(never)]
-    fn rare_post<P: Platform + ?Sized>(
+    pub(super) fn rare_post<P: Platform + ?Sized>(
         &mut self,
         post: Post,
         platform: &P,
@@ -256,7 +346,11 @@ impl IpiTally {
     ) {
         self.any = true;
         match post {
-            Post::Kick => self.kick(false, slot),
+            Post::Kick => {
+                // A kick beyond the kick set that failed.
+                self.calls = self.calls.wrapping_add(1);
+                self.kick(false, slot);
+            }
             Post::RetryKick => {
                 self.retries = self.retries.wrapping_add(1);
                 self.kick(try_kick(platform, slot, notification), slot);
@@ -270,6 +364,15 @@ impl IpiTally {
             }
             Post::Covered => self.suppressed = self.suppressed.wrapping_add(1),
         }
+    }
+
+    /// A batched kick call failed: its targets are marked already (see
+    /// `KickSet::send`); the sender sweeps for the marks at its next run.
+    #[cold]
+    #[inline(never)]
+    fn batch_failed(&mut self, report: &KickReport) {
+        self.any = true;
+        self.kick_failed = self.kick_failed.wrapping_add(report.failed_calls);
     }
 
     /// Records a kick's result; a failed one marks the target's mailbox
@@ -299,7 +402,11 @@ fn forward<P: Platform + ?Sized>(platform: &P, slot: &VcpuShared, vector: u8, nm
 
 /// Kicks `slot`'s VMPL0: #HV IPI (GHCB 0x8000_0015) with the notification
 /// vector. True when the platform accepted the call.
-fn try_kick<P: Platform + ?Sized>(platform: &P, slot: &VcpuShared, notification: u8) -> bool {
+pub(super) fn try_kick<P: Platform + ?Sized>(
+    platform: &P,
+    slot: &VcpuShared,
+    notification: u8,
+) -> bool {
     platform
         .hv_ipi(notification_icr(slot.host_apic_id(), notification))
         .is_ok()

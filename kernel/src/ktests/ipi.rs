@@ -9,7 +9,8 @@ use crate::engine::{Env, VcpuEngine};
 use crate::fabric::{Fabric, VcpuShared};
 use crate::platform::{
     DEFAULT_NOTIFICATION_VECTOR, DisableAiRequest, DoorbellRequest, NoTimer, Platform,
-    PlatformError, forward_icr, notification_icr,
+    PlatformError, forward_icr, notification_icr, notification_icr_all_but_self,
+    notification_icr_cluster,
 };
 use crate::protocol::{ApicCall, ResultCode, configure};
 use crate::testing::{Fixture, GuestRun, MockPlatform, hw_run, is_intr};
@@ -110,8 +111,16 @@ ktest::suite! {
             f.before_run(i).unwrap();
             assert_eq!(f.vmsa(i).unwrap().event_inj(), EventInj::external_interrupt(0x70));
         }
-        assert_eq!(f.platform.hv_ipis.count(), 3);
         assert!(f.engine(0).unwrap().apic().irr().is_empty());
+    }
+
+    fn broadcast_waking_every_other_vcpu_is_one_shorthand_call() {
+        let mut f = four_vcpus();
+        f.write_msr(0, ICR, (3 << 18) | 0x70).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        assert_eq!(f.platform.hv_ipis.last(), Some(notification_icr_all_but_self(DEFAULT_NOTIFICATION_VECTOR)));
+        let c = f.engine(0).unwrap().counters();
+        assert_eq!((c.kicks_sent, c.kick_calls), (3, 1));
     }
 
     fn broadcast_including_self_delivers_locally_without_the_mailbox() {
@@ -119,7 +128,38 @@ ktest::suite! {
         f.write_msr(0, ICR, (2 << 18) | 0x70).unwrap();
         assert!(!f.shared[0].mailbox().outstanding());
         assert!(f.engine(0).unwrap().apic().irr().contains(0x70));
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+    }
+
+    fn broadcast_waking_some_vcpus_is_one_logical_call_per_cluster() {
+        let mut f = four_vcpus();
+        // vCPU 2's mailbox is not empty: its kick is suppressed.
+        f.write_msr(0, ICR, icr_fixed(2, 0x71)).unwrap();
+        f.platform.hv_ipis.clear();
+        f.write_msr(0, ICR, (3 << 18) | 0x70).unwrap();
+        assert_eq!(f.platform.hv_ipis.count(), 1);
+        assert_eq!(
+            f.platform.hv_ipis.last(),
+            Some(notification_icr_cluster(0, 0b1010, DEFAULT_NOTIFICATION_VECTOR))
+        );
+        let c = f.engine(0).unwrap().counters();
+        assert_eq!((c.kicks_sent, c.kick_calls, c.kicks_suppressed), (3, 2, 1));
+    }
+
+    fn failed_batched_kick_marks_every_target_for_the_retry() {
+        let mut f = four_vcpus();
+        f.platform.fail_hv_ipi.store(true, Ordering::Release);
+        f.write_msr(0, ICR, (3 << 18) | 0x70).unwrap();
+        assert!((1..4).all(|i| f.shared[i].kick_failed()));
+        assert_eq!(f.engine(0).unwrap().counters().platform_errors, 1);
+        f.platform.fail_hv_ipi.store(false, Ordering::Release);
+        f.before_run(0).unwrap();
+        assert!((1..4).all(|i| !f.shared[i].kick_failed()));
         assert_eq!(f.platform.hv_ipis.count(), 3);
+        for i in 1..4 {
+            f.before_run(i).unwrap();
+            assert_eq!(f.vmsa(i).unwrap().event_inj(), EventInj::external_interrupt(0x70));
+        }
     }
 
     fn physical_broadcast_id_reaches_everyone() {
@@ -139,6 +179,9 @@ ktest::suite! {
         assert!(f.shared[1].mailbox().outstanding());
         assert!(f.shared[2].mailbox().outstanding());
         assert!(!f.shared[3].mailbox().outstanding());
+        // Both kicked by one call.
+        assert_eq!(f.platform.hv_ipis.last(), Some(notification_icr_cluster(0, 0b0110, DEFAULT_NOTIFICATION_VECTOR)));
+        assert_eq!(f.platform.hv_ipis.count(), 1);
     }
 
     fn self_ipi_is_delivered_without_a_kick() {
@@ -253,11 +296,10 @@ ktest::suite! {
     fn broadcast_reaches_a_handed_back_vcpu_through_the_host() {
         let mut f = vcpu_1_handed_back();
         f.write_msr(0, ICR, (3 << 18) | 0x70).unwrap();
-        // vCPUs 2 and 3 kicked, vCPU 1 forwarded.
-        assert_eq!(f.platform.hv_ipis.count(), 3);
+        // vCPUs 2 and 3 kicked (one call for their cluster), vCPU 1 forwarded.
+        assert_eq!(f.platform.hv_ipis.count(), 2);
         assert!(f.platform.hv_ipis.contains(forward_icr(1, 0x70, false)));
-        assert!(f.platform.hv_ipis.contains(notification_icr(2, DEFAULT_NOTIFICATION_VECTOR)));
-        assert!(f.platform.hv_ipis.contains(notification_icr(3, DEFAULT_NOTIFICATION_VECTOR)));
+        assert!(f.platform.hv_ipis.contains(notification_icr_cluster(0, 0b1100, DEFAULT_NOTIFICATION_VECTOR)));
         assert_eq!(f.engine(0).unwrap().counters().ipis_forwarded, 1);
     }
 

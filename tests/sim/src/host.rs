@@ -434,31 +434,10 @@ impl Sim {
         match effect {
             Effect::Kick { from, icr } if is_forward(icr) => self.host_forwarded_ipi(from, icr),
             Effect::Kick { from, icr } => {
-                self.stats.kicks_seen = self.stats.kicks_seen.saturating_add(1);
-                let target = (icr >> 32) as usize;
-                let vector = icr as u8;
-                if self.profile.hostile_hv && !self.draining && self.rng.chance(100_000) {
-                    self.stats.kicks_lost = self.stats.kicks_lost.saturating_add(1);
-                    return;
+                self.stats.kick_calls_seen = self.stats.kick_calls_seen.saturating_add(1);
+                for target in kick_targets(from, icr, self.vcpus.len()) {
+                    self.host_kick(from, target, icr as u8);
                 }
-                if let Some(page) = self.m.doorbells.get(target) {
-                    let _ = page.host().set_vmpl0_vector(vector);
-                }
-                let now = self.now;
-                if let Some(v) = self.vcpus.get_mut(target) {
-                    v.kicks_in_batch = v.kicks_in_batch.saturating_add(1);
-                    if v.kicks_in_batch > 1 {
-                        self.stats.kicks_over_batch = self.stats.kicks_over_batch.saturating_add(1);
-                    }
-                    self.stats.max_kicks_per_batch = self
-                        .stats
-                        .max_kicks_per_batch
-                        .max(u64::from(v.kicks_in_batch));
-                }
-                if let Some(t) = self.trace.as_mut() {
-                    t.instant(target, now, "kick", &format!("from vCPU {from}"));
-                }
-                self.host_notify(target);
             }
             Effect::SpecificEoi { from, vmpl, vector } => {
                 if vmpl != GUEST_VMPL {
@@ -469,6 +448,34 @@ impl Sim {
             }
             Effect::DisableAi { from, request } => self.host_takeover(from, request),
         }
+    }
+
+    /// The host delivers one kick (the notification vector) to `target`'s
+    /// VMPL0.
+    fn host_kick(&mut self, from: usize, target: usize, vector: u8) {
+        self.stats.kicks_seen = self.stats.kicks_seen.saturating_add(1);
+        if self.profile.hostile_hv && !self.draining && self.rng.chance(100_000) {
+            self.stats.kicks_lost = self.stats.kicks_lost.saturating_add(1);
+            return;
+        }
+        if let Some(page) = self.m.doorbells.get(target) {
+            let _ = page.host().set_vmpl0_vector(vector);
+        }
+        let now = self.now;
+        if let Some(v) = self.vcpus.get_mut(target) {
+            v.kicks_in_batch = v.kicks_in_batch.saturating_add(1);
+            if v.kicks_in_batch > 1 {
+                self.stats.kicks_over_batch = self.stats.kicks_over_batch.saturating_add(1);
+            }
+            self.stats.max_kicks_per_batch = self
+                .stats
+                .max_kicks_per_batch
+                .max(u64::from(v.kicks_in_batch));
+        }
+        if let Some(t) = self.trace.as_mut() {
+            t.instant(target, now, "kick", &format!("from vCPU {from}"));
+        }
+        self.host_notify(target);
     }
 
     /// A guest IPI the engine forwarded (#HV IPI, GHCB 0x8000_0015, with
@@ -735,6 +742,28 @@ impl Sim {
 /// Whether an #HV IPI's ICR forwards a guest IPI (any vector but the
 /// notification vector, or NMI delivery) rather than kicking the target's
 /// VMPL0: the host tells them apart by vector (`kernel::platform::forward_icr`).
+/// The vCPUs (host APIC ID = index) a kick's x2APIC ICR reaches, as the
+/// host's APIC emulation routes it (Intel SDM vol. 3A §11.6.1, §11.12.10):
+/// shorthand (bits 19:18), logical cluster `ID[19:4]` with member bit
+/// `ID[3:0]` (bit 11), or one physical ID.
+fn kick_targets(from: usize, icr: u64, vcpus: usize) -> Vec<usize> {
+    let destination = icr >> 32;
+    match (icr >> 18) & 3 {
+        1 => vec![from],
+        2 => (0..vcpus).collect(),
+        3 => (0..vcpus).filter(|&t| t != from).collect(),
+        _ if icr & (1 << 11) != 0 => {
+            let base = ((destination >> 16) as usize) << 4;
+            (0..16)
+                .filter(|bit| destination & (1 << bit) != 0)
+                .map(|bit| base | bit)
+                .filter(|&t| t < vcpus)
+                .collect()
+        }
+        _ => vec![destination as usize],
+    }
+}
+
 fn is_forward(icr: u64) -> bool {
     let nmi = (icr >> 8) & 0b111 == 0b100;
     nmi || icr as u8 != kernel::platform::DEFAULT_NOTIFICATION_VECTOR

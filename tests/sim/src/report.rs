@@ -45,6 +45,9 @@ pub struct Stats {
     pub notification_vectors: u64,
     pub hv_rejected: u64,
     pub kicks_seen: u64,
+    /// #HV IPI calls with the notification vector the host answered (one
+    /// may kick many vCPUs: `kicks_seen` counts the vCPUs).
+    pub kick_calls_seen: u64,
     pub kicks_lost: u64,
     pub kicks_over_batch: u64,
     pub max_kicks_per_batch: u64,
@@ -108,6 +111,7 @@ impl Stats {
         add(&mut e.reinjected, c.reinjected);
         add(&mut e.lazy_eois, c.lazy_eois);
         add(&mut e.kicks_sent, c.kicks_sent);
+        add(&mut e.kick_calls, c.kick_calls);
         add(&mut e.kicks_suppressed, c.kicks_suppressed);
         add(&mut e.kick_retries, c.kick_retries);
         add(&mut e.ipis_forwarded, c.ipis_forwarded);
@@ -217,6 +221,14 @@ impl Stats {
             format!("{:.3}", self.switches_per_delivery()),
         );
         row("kicks sent (engine)", self.engine.kicks_sent.to_string());
+        row(
+            "  in #HV IPI calls (engine) / per guest ICR write",
+            format!(
+                "{} / {:.3}",
+                self.engine.kick_calls,
+                self.engine.kick_calls as f64 / self.engine.ipis_sent.max(1) as f64
+            ),
+        );
         row(
             "kicks suppressed (engine)",
             self.engine.kicks_suppressed.to_string(),
