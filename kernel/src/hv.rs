@@ -49,7 +49,7 @@ impl HvEvents {
 }
 
 /// VMPL0's own task priority, in the 8-bit APIC TPR format (class in bits
-/// 7:4). A newtype because CR8 holds the class alone (CR8[3:0] = TPR[7:4],
+/// 7:4). A newtype because CR8 holds the class alone (CR8 bits 3:0 = TPR bits 7:4,
 /// AMD APM vol. 2 §16.6.4 / Intel SDM vol. 3A §11.8.6): passing CR8 where
 /// the TPR is meant would accept vectors the SVSM's priority should block.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
