@@ -51,6 +51,9 @@ pub mod registration;
 pub mod testing;
 
 #[cfg(all(not(loom), any(test, feature = "ktests")))]
+pub mod busy_audit;
+
+#[cfg(all(not(loom), any(test, feature = "ktests")))]
 pub mod ktests;
 
 #[cfg(not(loom))]

@@ -13,6 +13,7 @@
     clippy::arithmetic_side_effects
 )]
 
+pub mod busy;
 pub mod flow;
 pub mod ipi;
 pub mod nmi;
@@ -23,6 +24,7 @@ pub mod reinject;
 /// Every test of the crate.
 pub const ALL: &[&[ktest::Test]] = &[
     parts::TESTS,
+    busy::TESTS,
     flow::TESTS,
     nmi::TESTS,
     ipi::TESTS,
