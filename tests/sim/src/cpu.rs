@@ -129,9 +129,7 @@ impl Sim {
             if hostile && self.rng.chance(20_000) {
                 self.garbage_exit_int_info(i);
             }
-            let res = self
-                .m
-                .with_engine(i, |e, env, vmsa| e.after_exit(env, vmsa));
+            let res = self.engine_call(i, "after_exit", |e, env, vmsa| e.after_exit(env, vmsa));
             if let Some(v) = self.vcpus.get_mut(i) {
                 v.run_in_flight = false;
             }
@@ -151,9 +149,9 @@ impl Sim {
         let call_pending = self.vcpus.get(i).is_some_and(|v| v.guest.call.is_some());
         if exit == Some(ExitKind::Vmgexit) && call_pending {
             self.stats.protocol_calls = self.stats.protocol_calls.saturating_add(1);
-            let res = self
-                .m
-                .with_engine(i, |e, env, vmsa| e.handle_apic_call_in_vmsa(env, vmsa));
+            let res = self.engine_call(i, "the SVSM call", |e, env, vmsa| {
+                e.handle_apic_call_in_vmsa(env, vmsa)
+            });
             if !self.m.vmsas.get(i).is_some_and(|v| v.vintr_ctrl().busy()) {
                 self.violation(i, "BUSY clear while VMPL0 answers an SVSM call");
             }
@@ -194,9 +192,7 @@ impl Sim {
             // A timer deadline that passed before VMPL0 got here expires now
             // (the entry may have come first for another reason).
             self.timer_due(i);
-            let res = self
-                .m
-                .with_engine(i, |e, env, vmsa| e.before_run(env, vmsa));
+            let res = self.engine_call(i, "before_run", |e, env, vmsa| e.before_run(env, vmsa));
             match res {
                 Some(Ok(())) => {}
                 Some(Err(fatal)) => {

@@ -16,7 +16,7 @@ use apic::{LocalApic, RequestOutcome, Trigger, VectorSet};
 use doorbell::DescriptorStatus;
 use kernel::platform::DisableAiRequest;
 use vmsa::rules::{self, Reinjection, VirqOutcome};
-use vmsa::{EventType, VmsaAccess};
+use vmsa::{EventType, SevFeatures, VmsaAccess};
 
 use crate::guest::{DEVICE_VECTORS, Dest, TIMER_VECTOR};
 use crate::platform::Effect;
@@ -592,7 +592,37 @@ impl Sim {
     }
 
     /// KVM's injection into the guest after a hand-back (its own APIC).
+    ///
+    /// Only while SEV_FEATURES.AlternateInjection is clear in the guest
+    /// VMSA: with it set the hardware takes event injection from fields only
+    /// VMPL0 writes (spec §1, §2), so the host cannot inject at all. A host
+    /// interrupt pending then can never reach the guest: a violation, not
+    /// a silent wait (the hand-back must clear the bit, spec §5).
     pub(crate) fn kvm_present(&mut self, i: usize) {
+        let ai = self
+            .m
+            .vmsas
+            .get(i)
+            .is_some_and(|v| v.sev_features().contains(SevFeatures::ALTERNATE_INJECTION));
+        if ai {
+            let pending = self.vcpus.get(i).is_some_and(|v| {
+                v.host_nmi
+                    || v.host_apic
+                        .as_ref()
+                        .is_some_and(|a| a.irr().highest().is_some())
+            });
+            let first = self.vcpus.get(i).is_some_and(|v| !v.ai_stuck_reported);
+            if pending && first {
+                if let Some(v) = self.vcpus.get_mut(i) {
+                    v.ai_stuck_reported = true;
+                }
+                self.violation(
+                    i,
+                    "host interrupt pending after the hand-back, but AlternateInjection is still set in the VMSA: the host can never inject it",
+                );
+            }
+            return;
+        }
         let Some(vmsa) = self.m.vmsas.get_mut(i) else {
             return;
         };

@@ -35,6 +35,8 @@ pub struct Stats {
     pub protocol_calls: u64,
     pub vmruns: u64,
     pub vmrun_busy: u64,
+    /// Engine writes to a VMSA while BUSY was clear (BUSY auditor).
+    pub busy_audit_writes: u64,
     pub host_entries: u64,
     pub host_exits: u64,
     pub halts: u64,
@@ -212,6 +214,10 @@ impl Stats {
         );
         row("VMRUNs", self.vmruns.to_string());
         row("  failed with VMEXIT_BUSY", self.vmrun_busy.to_string());
+        row(
+            "  VMSA writes while BUSY clear (audit)",
+            self.busy_audit_writes.to_string(),
+        );
         row(
             "world switches per delivered interrupt",
             format!("{:.3}", self.switches_per_delivery()),

@@ -17,6 +17,7 @@ use core::sync::atomic::AtomicU8;
 
 use apic::LocalApic;
 use doorbell::DoorbellPage;
+use kernel::busy_audit::BusyAudit;
 use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared};
 use vmsa::{EFER_SVME, RFLAGS_IF, SevFeatures, VIntrCtrl, VmsaAccess, VmsaPage};
 
@@ -132,12 +133,14 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Calls `f` with vCPU `i`'s engine, its environment and its VMSA.
+    /// Calls `f` with vCPU `i`'s engine, its environment and its VMSA
+    /// behind the BUSY auditor; returns what `f` returned and the writes
+    /// the engine made while BUSY was clear (count, first field).
     pub fn with_engine<R>(
         &mut self,
         i: usize,
-        f: impl FnOnce(&mut VcpuEngine, &Env<'_, SimPlatform>, &mut VmsaPage) -> R,
-    ) -> Option<R> {
+        f: impl FnOnce(&mut VcpuEngine, &Env<'_, SimPlatform>, &mut BusyAudit<'_, VmsaPage>) -> R,
+    ) -> Option<(R, u32, Option<&'static str>)> {
         let Machine {
             platform,
             shared,
@@ -154,7 +157,9 @@ impl Machine {
             doorbell: doorbells.get(i)?,
             caa_no_eoi: caa.get(i),
         };
-        Some(f(engine, &env, vmsas.get_mut(i)?))
+        let mut vmsa = BusyAudit::new(vmsas.get_mut(i)?);
+        let r = f(engine, &env, &mut vmsa);
+        Some((r, vmsa.writes_while_runnable(), vmsa.first_field()))
     }
 }
 
@@ -189,6 +194,9 @@ pub struct Vcpu {
     pub kvm_virq: Option<u8>,
     /// The host's injector set V_NMI.
     pub kvm_vnmi: bool,
+    /// The host found an interrupt it cannot inject because the VMSA kept
+    /// AlternateInjection after the hand-back (reported once).
+    pub ai_stuck_reported: bool,
     /// Consecutive VMRUNs the hostile host made fail with BUSY.
     pub busy_streak: u8,
     /// Kicks delivered since the engine last drained the mailbox.
@@ -320,6 +328,7 @@ impl Sim {
                     kvm_eventinj: None,
                     kvm_virq: None,
                     kvm_vnmi: false,
+                    ai_stuck_reported: false,
                     busy_streak: 0,
                     kicks_in_batch: 0,
                     guest: Guest::new(i, &profile, dereg),
@@ -376,6 +385,32 @@ impl Sim {
     /// Number of vCPUs.
     pub fn n(&self) -> usize {
         self.vcpus.len()
+    }
+
+    /// Calls vCPU `i`'s engine (`what` names the call) through
+    /// [`Machine::with_engine`]; a VMSA write while BUSY was clear is a
+    /// violation (spec §2).
+    pub fn engine_call<R>(
+        &mut self,
+        i: usize,
+        what: &str,
+        f: impl FnOnce(&mut VcpuEngine, &Env<'_, SimPlatform>, &mut BusyAudit<'_, VmsaPage>) -> R,
+    ) -> Option<R> {
+        let (r, writes, first) = self.m.with_engine(i, f)?;
+        if writes != 0 {
+            self.stats.busy_audit_writes = self
+                .stats
+                .busy_audit_writes
+                .saturating_add(u64::from(writes));
+            self.violation(
+                i,
+                format!(
+                    "BUSY audit: {what} wrote the VMSA {writes} times while BUSY was clear (first: {})",
+                    first.unwrap_or("?")
+                ),
+            );
+        }
+        Some(r)
     }
 
     /// Records an invariant violation.
