@@ -132,6 +132,7 @@ impl Sim {
             let res = self.engine_call(i, "after_exit", |e, env, vmsa| e.after_exit(env, vmsa));
             if let Some(v) = self.vcpus.get_mut(i) {
                 v.run_in_flight = false;
+                v.virq_taken = None;
             }
             match res {
                 Some(Ok(info)) => exit = Some(info.exit),
@@ -149,6 +150,7 @@ impl Sim {
         let call_pending = self.vcpus.get(i).is_some_and(|v| v.guest.call.is_some());
         if exit == Some(ExitKind::Vmgexit) && call_pending {
             self.stats.protocol_calls = self.stats.protocol_calls.saturating_add(1);
+            self.snapshot_ipi_targets(i);
             let res = self.engine_call(i, "the SVSM call", |e, env, vmsa| {
                 e.handle_apic_call_in_vmsa(env, vmsa)
             });
@@ -183,6 +185,22 @@ impl Sim {
             self.hostile_between_reads(i);
         }
         self.prepare_and_vmrun(i, true);
+    }
+
+    /// Before VMPL0 answers an IPI call: whether its vector is already
+    /// pending at each vCPU (the per-instance ledger's coalescing check).
+    fn snapshot_ipi_targets(&mut self, i: usize) {
+        let vector = match self.vcpus.get(i).and_then(|v| v.guest.call) {
+            Some(Call::Ipi { vector, .. }) => vector,
+            Some(Call::Setup(SetupStep::XapicIcrLow)) => SELF_IPI_VECTOR,
+            _ => return,
+        };
+        let mut before = core::mem::take(&mut self.ipi_pending_before.1);
+        before.clear();
+        for j in 0..self.n() {
+            before.push(self.vector_pending(j, vector));
+        }
+        self.ipi_pending_before = (vector, before);
     }
 
     /// `before_run` (when VMPL0 is entered), the host's own injection after
@@ -481,6 +499,9 @@ impl Sim {
         {
             vmsa.set_vintr_ctrl(ctrl.with_v_irq(false));
             let vector = ctrl.v_intr_vector();
+            if let Some(v) = self.vcpus.get_mut(i) {
+                v.virq_taken = Some(vector);
+            }
             if self.rng.chance(self.profile.exit_in_delivery) {
                 self.cut_delivery(i, EventInj::external_interrupt(vector));
                 return false;
@@ -1036,12 +1057,14 @@ impl Sim {
             if !credit {
                 continue;
             }
-            if let Some(l) = self.ledgers.get_mut(j) {
-                if nmi {
+            if nmi {
+                if let Some(l) = self.ledgers.get_mut(j) {
                     l.request_nmi(now);
-                } else {
-                    l.request(vector, now);
                 }
+            } else {
+                let (snap_vector, ref before) = self.ipi_pending_before;
+                let pending = snap_vector == vector && before.get(j).copied().unwrap_or(false);
+                self.request_vector(j, vector, pending);
             }
             if handed_back {
                 self.stats.ipis_to_handed_back = self.stats.ipis_to_handed_back.saturating_add(1);
@@ -1087,7 +1110,9 @@ impl Sim {
         if vmsa.exit_int_info().valid() || vmsa.exit_code().kind() == ExitKind::Busy {
             return;
         }
-        let vector = self.rng.below(32) as u8;
+        // 0-30: a forged INTR 31 could be one the engine really presented, which
+        // no one can tell from a real cut delivery (and would be re-injected).
+        let vector = self.rng.below(31) as u8;
         let kinds = if self.profile.forged_low_intr { 4 } else { 3 };
         let garbage = match self.rng.below(kinds).wrapping_add(1) % 4 {
             1 => {

@@ -51,9 +51,11 @@ impl Sim {
                 .vcpus
                 .get(i)
                 .is_some_and(|v| v.guest.timer_on && v.guest.sw_enabled);
-            if credit && let Some(l) = self.ledgers.get_mut(i) {
-                l.request(TIMER_VECTOR, now);
+            if credit {
+                let pending = self.vector_pending(i, TIMER_VECTOR);
+                self.request_vector(i, TIMER_VECTOR, pending);
             }
+            let _ = now;
         }
     }
 
@@ -65,12 +67,17 @@ impl Sim {
         };
         let credit = v.guest.timer_on && v.guest.sw_enabled;
         if v.handed_back {
-            let fired = v.host_apic.as_mut().is_some_and(|a| a.poll_timer(now));
+            let pending = self.vector_pending(i, TIMER_VECTOR);
+            let fired = self
+                .vcpus
+                .get_mut(i)
+                .and_then(|v| v.host_apic.as_mut())
+                .is_some_and(|a| a.poll_timer(now));
             if !fired {
                 return;
             }
-            if credit && let Some(l) = self.ledgers.get_mut(i) {
-                l.request(TIMER_VECTOR, now);
+            if credit {
+                self.request_vector(i, TIMER_VECTOR, pending);
             }
             self.stats.timer_expiries = self.stats.timer_expiries.saturating_add(1);
             self.wake(i);
@@ -80,8 +87,9 @@ impl Sim {
             slot.set(None);
         }
         self.stats.timer_expiries = self.stats.timer_expiries.saturating_add(1);
-        if credit && let Some(l) = self.ledgers.get_mut(i) {
-            l.request(TIMER_VECTOR, now);
+        if credit {
+            let pending = self.vector_pending(i, TIMER_VECTOR);
+            self.request_vector(i, TIMER_VECTOR, pending);
         }
         if let Some(t) = self.trace.as_mut() {
             t.instant(i, now, "timer", "");
@@ -125,6 +133,7 @@ impl Sim {
         };
         let (target, vector) = (line.target, line.vector);
         let handed_back = self.vcpus.get(target).is_some_and(|v| v.handed_back);
+        let pending = self.vector_pending(target, vector);
         let posted = if handed_back {
             self.host_apic_request(target, vector, Trigger::Level)
         } else {
@@ -146,9 +155,7 @@ impl Sim {
             line.posted_at = now;
             line.posts = line.posts.saturating_add(1);
         }
-        if let Some(l) = self.ledgers.get_mut(target) {
-            l.request(vector, now);
-        }
+        self.request_vector(target, vector, pending);
         if handed_back {
             self.wake(target);
         } else {
@@ -244,6 +251,7 @@ impl Sim {
     fn host_post_edge(&mut self, j: usize, vector: u8) {
         let now = self.now;
         let handed_back = self.vcpus.get(j).is_some_and(|v| v.handed_back);
+        let pending = self.vector_pending(j, vector);
         let accepted = if handed_back {
             self.host_apic_request(j, vector, Trigger::Edge)
         } else {
@@ -254,9 +262,10 @@ impl Sim {
                 .is_some_and(|d| d.host().post_vector(GUEST_VMPL, vector).is_ok());
             posted && self.host_target_ok(j) && vector >= 31
         };
-        if accepted && let Some(l) = self.ledgers.get_mut(j) {
-            l.request(vector, now);
+        if accepted {
+            self.request_vector(j, vector, pending);
         }
+        let _ = now;
     }
 
     fn host_post_nmi(&mut self, j: usize) {
@@ -524,6 +533,7 @@ impl Sim {
         let mut irr = VectorSet::EMPTY;
         let mut isr = VectorSet::EMPTY;
         let mut nmi = false;
+        let mut mc = false;
         if let Some(desc) = self
             .m
             .doorbells
@@ -539,6 +549,9 @@ impl Sim {
                 irr.insert(31);
             }
             nmi = status.nmi_pending();
+            // A machine check handed back (status bit 9, spec §3) is the
+            // host's to inject now.
+            mc = status.mc_pending();
             let mut words = [0u32; 8];
             for (w, a) in words.iter_mut().skip(1).zip(desc.irr.iter()) {
                 *w = a.swap(0, Ordering::AcqRel);
@@ -583,6 +596,7 @@ impl Sim {
             v.handed_back = true;
             v.host_apic = Some(host_apic);
             v.host_nmi |= nmi;
+            v.host_mc |= mc;
         }
         self.stats.handbacks = self.stats.handbacks.saturating_add(1);
         let now = self.now;
@@ -607,6 +621,7 @@ impl Sim {
         if ai {
             let pending = self.vcpus.get(i).is_some_and(|v| {
                 v.host_nmi
+                    || v.host_mc
                     || v.host_apic
                         .as_ref()
                         .is_some_and(|a| a.irr().highest().is_some())
@@ -632,6 +647,10 @@ impl Sim {
         let Some(host_apic) = v.host_apic.as_mut() else {
             return;
         };
+        if v.host_mc && !vmsa.event_inj().valid() {
+            vmsa.set_event_inj(vmsa::EventInj::exception(18, None));
+            v.host_mc = false;
+        }
         let ctrl = vmsa.vintr_ctrl();
         if v.host_nmi && !ctrl.v_nmi() {
             vmsa.set_vintr_ctrl(ctrl.with_v_nmi(true));
@@ -675,12 +694,19 @@ impl Sim {
         let Some(host_apic) = v.host_apic.as_mut() else {
             return;
         };
+        v.virq_taken = None;
         let ctrl = vmsa.vintr_ctrl();
         let out = rules::take_undelivered(vmsa);
         if let Some(vector) = v.kvm_eventinj.take()
             && out.undelivered_event.is_some()
         {
             host_apic.unacknowledge(vector);
+        }
+        if out
+            .undelivered_event
+            .is_some_and(|e| e.event_type() == EventType::Exception && e.vector() == 18)
+        {
+            v.host_mc = true;
         }
         if let VirqOutcome::Taken(vector) = out.v_irq
             && v.kvm_virq == Some(vector)
@@ -718,6 +744,7 @@ impl Sim {
             vmsa.set_vintr_ctrl(ctrl.with_v_intr_vector(0).with_v_intr_prio(0));
             host_apic.acknowledge(vector);
             v.kvm_virq = None;
+            v.virq_taken = None;
         }
     }
 

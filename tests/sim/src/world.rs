@@ -190,6 +190,12 @@ pub struct Vcpu {
     pub host_nmi: bool,
     /// The host's injector put this vector in EVENTINJ / V_IRQ.
     pub kvm_eventinj: Option<u8>,
+    /// Vector the guest took from V_IRQ in the current run (the emulated
+    /// IRR still shows it until the exit is processed).
+    pub virq_taken: Option<u8>,
+    /// #MC the host got back at the hand-back (descriptor status bit 9)
+    /// and has not yet injected.
+    pub host_mc: bool,
     /// Vector the host's injector queued in V_IRQ.
     pub kvm_virq: Option<u8>,
     /// The host's injector set V_NMI.
@@ -266,6 +272,9 @@ pub struct Sim {
     /// call completed, as (target, vector, NMI): each IPI the guest sent to
     /// a handed-back vCPU must be among them (`credit_ipi`).
     pub forwarded: Vec<(usize, u8, bool)>,
+    /// The vector of the IPI call VMPL0 is answering and, per vCPU, whether
+    /// it was pending before the call (`credit_ipi` tells the ledger).
+    pub ipi_pending_before: (u8, Vec<bool>),
 }
 
 impl Sim {
@@ -328,6 +337,8 @@ impl Sim {
                     kvm_eventinj: None,
                     kvm_virq: None,
                     kvm_vnmi: false,
+                    virq_taken: None,
+                    host_mc: false,
                     ai_stuck_reported: false,
                     busy_streak: 0,
                     kicks_in_batch: 0,
@@ -379,6 +390,7 @@ impl Sim {
             trace,
             effect_buf: Vec::with_capacity(256),
             forwarded: Vec::new(),
+            ipi_pending_before: (0, Vec::new()),
         }
     }
 

