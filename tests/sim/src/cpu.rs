@@ -29,6 +29,9 @@ use crate::guest::{
 use crate::ledger::Debit;
 use crate::world::{EXIT_LATENCY, NEVER, Sim};
 
+/// IA32_TSC_DEADLINE (Intel SDM vol. 3A §11.5.4.1).
+const TSC_DEADLINE_MSR: u64 = 0x6E0;
+
 /// ExitCode of HLT (AMD APM vol. 2 appendix C).
 const EXIT_HLT: ExitCode = ExitCode(0x78);
 
@@ -223,6 +226,14 @@ impl Sim {
             if let Some(v) = self.vcpus.get_mut(i) {
                 v.run_in_flight = true;
                 v.kicks_in_batch = 0;
+            }
+            if !self.draining && self.rng.chance(self.profile.host_returns_at_once) {
+                // The host returns to VMPL0 without VMRUN (it had work of its
+                // own): the VMSA is untouched, what VMPL0 presented was not
+                // delivered and must be recalled without losing an instance.
+                self.stats.runs_not_entered = self.stats.runs_not_entered.saturating_add(1);
+                self.end_run_soon(i);
+                return;
             }
         }
         if self.vcpus.get(i).is_some_and(|v| v.handed_back) {
@@ -548,6 +559,10 @@ impl Sim {
     /// One guest instruction (or a short sequence acting as one).
     fn guest_op(&mut self, i: usize) -> Op {
         let cost = self.op_cost();
+        let handback_moment = self.handback_moment(i);
+        if let Some(call) = self.tsc_deadline_op(i) {
+            return self.issue_call(i, call);
+        }
         let Some(v) = self.vcpus.get_mut(i) else {
             return Op::Ran(cost);
         };
@@ -625,7 +640,12 @@ impl Sim {
         }
         let step = self.step;
         if !g.deregistered && g.deregister_step.is_some_and(|s| step >= s) {
-            return self.issue_call(i, Call::Configure(configure::DEREGISTER));
+            if handback_moment {
+                return self.issue_call(i, Call::Configure(configure::DEREGISTER));
+            }
+            // Waiting for the moment: spin in short steps (no HLT) so the
+            // window before the timer expiry is not missed.
+            return Op::Ran(self.rng.range(50, 300));
         }
         if handed_back && g.games_after_handback > 0 {
             g.games_after_handback = g.games_after_handback.saturating_sub(1);
@@ -673,6 +693,53 @@ impl Sim {
             self.set_cr8(i, class);
         }
         Op::Ran(cost)
+    }
+
+    /// Whether now is a moment for the deregistration: always, or with
+    /// `deregister_when_due` only when the engine-armed timer expires before
+    /// VMPL0 gets to the call ([`EXIT_LATENCY`]) or a #MC waits in the
+    /// engine (issue 9 paths 8 and 4).
+    fn handback_moment(&self, i: usize) -> bool {
+        if !self.profile.deregister_when_due {
+            return true;
+        }
+        let now = self.now;
+        let timer_due = self
+            .m
+            .platform
+            .timers
+            .get(i)
+            .and_then(core::cell::Cell::get)
+            .is_some_and(|d| d > now && d <= now.saturating_add(EXIT_LATENCY));
+        let mc = self
+            .m
+            .engines
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(kernel::VcpuEngine::machine_check_pending);
+        timer_due || mc
+    }
+
+    /// TSC-deadline mode: re-arm once the deadline passed (as Linux does
+    /// after the tick), and now and then rewrite it within 1.5 µs of
+    /// expiry, before or after (issue 9 path 3).
+    fn tsc_deadline_op(&mut self, i: usize) -> Option<Call> {
+        let v = self.vcpus.get(i)?;
+        if !self.profile.tsc_deadline
+            || !v.guest.timer_on
+            || v.handed_back
+            || !v.guest.frames.is_empty()
+        {
+            return None;
+        }
+        let now = self.now;
+        let deadline = v.guest.tsc_deadline;
+        let period = self.profile.timer_period.unwrap_or(0);
+        let near = deadline.abs_diff(now) < 1_500;
+        if deadline <= now || (near && self.rng.chance(300_000)) {
+            return Some(Call::TscDeadline(now.saturating_add(period)));
+        }
+        None
     }
 
     fn sti(&mut self, i: usize) {
@@ -831,6 +898,21 @@ impl Sim {
         }
         let x2apic = self.vcpus.get(i).is_some_and(|v| v.guest.x2apic);
         let period = self.profile.timer_period.unwrap_or(0);
+        let tsc_deadline = self.now.saturating_add(period);
+        match call {
+            Call::Setup(SetupStep::TscDeadline) => {
+                if let Some(v) = self.vcpus.get_mut(i) {
+                    v.guest.tsc_deadline = tsc_deadline;
+                }
+            }
+            Call::TscDeadline(d) => {
+                if let Some(v) = self.vcpus.get_mut(i) {
+                    v.guest.tsc_deadline = d;
+                }
+                self.stats.tsc_deadline_writes = self.stats.tsc_deadline_writes.saturating_add(1);
+            }
+            _ => {}
+        }
         let id = i as u64;
         let bsp = if i == 0 { 1u64 << 8 } else { 0 };
         let (protocol, number, rcx, rdx) = match call {
@@ -842,8 +924,12 @@ impl Sim {
                 SetupStep::AllowHost => (3, 4, (1 << 9) | (1 << 8), 0),
                 SetupStep::Register => (3, 1, configure::REGISTER, 0),
                 SetupStep::TimerDivide => (3, 3, 0x83E, 0xB),
+                SetupStep::TimerLvt if self.profile.tsc_deadline => {
+                    (3, 3, 0x832, (2 << 17) | u64::from(TIMER_VECTOR))
+                }
                 SetupStep::TimerLvt => (3, 3, 0x832, (1 << 17) | u64::from(TIMER_VECTOR)),
                 SetupStep::TimerInitial => (3, 3, 0x838, period.min(u64::from(u32::MAX))),
+                SetupStep::TscDeadline => (3, 3, TSC_DEADLINE_MSR, tsc_deadline),
             },
             Call::Eoi | Call::EoiNothing => (3, 3, 0x80B, 0),
             Call::Ipi { dest, vector, nmi } => {
@@ -863,6 +949,7 @@ impl Sim {
             },
             Call::Configure(op) => (3, 1, op, 0),
             Call::ReadWhenHandedBack => (3, 2, 0x808, 0),
+            Call::TscDeadline(deadline) => (3, 3, TSC_DEADLINE_MSR, deadline),
         };
         let now = self.now;
         if let Some(vmsa) = self.vmsa_mut(i) {
@@ -913,7 +1000,7 @@ impl Sim {
                             SetupStep::XapicSvr | SetupStep::Svr => g.sw_enabled = true,
                             SetupStep::AllowHost => g.host_allowed = true,
                             SetupStep::X2apic => g.x2apic = true,
-                            SetupStep::TimerInitial => g.timer_on = true,
+                            SetupStep::TimerInitial | SetupStep::TscDeadline => g.timer_on = true,
                             SetupStep::Register => {
                                 let want = g.registered.saturating_add(1);
                                 g.registered = want;
@@ -969,6 +1056,7 @@ impl Sim {
                     None => expect(self, "call of protocol 7", ResultCode::UnsupportedProtocol),
                 }
             }
+            Call::TscDeadline(_) => expect(self, "IA32_TSC_DEADLINE write", ResultCode::Success),
             Call::ReadWhenHandedBack => {
                 expect(
                     self,

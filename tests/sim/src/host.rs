@@ -213,12 +213,28 @@ impl Sim {
             return;
         }
         let count = self.rng.range(1, 3);
+        let level_vector = self
+            .lines
+            .iter()
+            .find(|l| l.target == j)
+            .map(|l| l.vector);
         for _ in 0..count {
-            let vector = self.rng.pick(&DEVICE_VECTORS, 0x31);
+            let mut vector = self.rng.pick(&DEVICE_VECTORS, 0x31);
+            if self.profile.edge_on_level_vectors
+                && let Some(level) = level_vector
+                && self.rng.chance(300_000)
+            {
+                vector = level;
+            }
             self.host_post_edge(j, vector);
         }
         if self.rng.chance(self.profile.host_nmi) {
             self.host_post_nmi(j);
+        }
+        if self.rng.chance(self.profile.mc_per_device)
+            && !self.vcpus.get(j).is_some_and(|v| v.handed_back)
+        {
+            self.host_post_mc(j);
         }
         self.notify_any(j);
         self.stats.device_interrupts = self.stats.device_interrupts.saturating_add(count);
@@ -286,6 +302,34 @@ impl Sim {
             l.request_nmi(now);
         }
         self.stats.host_nmis = self.stats.host_nmis.saturating_add(1);
+    }
+
+    /// A #MC for vCPU `j`'s guest, unless one is still owed (never
+    /// nested); true when posted.
+    fn host_post_mc(&mut self, j: usize) -> bool {
+        let now = self.now;
+        let mc_busy = self.ledgers.get(j).is_some_and(|l| l.mc_owed())
+            || self
+                .m
+                .engines
+                .get(j)
+                .and_then(Option::as_ref)
+                .is_some_and(kernel::VcpuEngine::machine_check_pending)
+            || self.vcpus.get(j).is_some_and(|v| v.host_mc);
+        let posted = !mc_busy
+            && self
+                .m
+                .doorbells
+                .get(j)
+                .is_some_and(|p| p.host().post_mc(GUEST_VMPL).is_ok());
+        if posted {
+            if let Some(l) = self.ledgers.get_mut(j) {
+                l.request_mc(now);
+            }
+            self.stats.mc_posted = self.stats.mc_posted.saturating_add(1);
+            self.host_notify(j);
+        }
+        posted
     }
 
     /// One hostile act of the hypervisor.
@@ -389,19 +433,8 @@ impl Sim {
                 self.host_notify(j);
             }
             9 => {
-                let mc_busy = self.ledgers.get(j).is_some_and(|l| l.mc_owed())
-                    || self
-                        .m
-                        .engines
-                        .get(j)
-                        .and_then(Option::as_ref)
-                        .is_some_and(kernel::VcpuEngine::machine_check_pending);
-                if !mc_busy && page.host().post_mc(GUEST_VMPL).is_ok() {
-                    if let Some(l) = self.ledgers.get_mut(j) {
-                        l.request_mc(now);
-                    }
+                if self.host_post_mc(j) {
                     self.stats.hostile_mc = self.stats.hostile_mc.saturating_add(1);
-                    self.host_notify(j);
                 }
             }
             10 => {
@@ -591,6 +624,12 @@ impl Sim {
                 now,
             );
             let _ = host_apic.write_msr(apic::MSR_TIMER_INITIAL, period, now);
+        }
+        if self.config.host_clears_ai
+            && let Some(vmsa) = self.m.vmsas.get_mut(j)
+        {
+            let features = vmsa.sev_features();
+            vmsa.set_sev_features(features.difference(SevFeatures::ALTERNATE_INJECTION));
         }
         if let Some(v) = self.vcpus.get_mut(j) {
             v.handed_back = true;

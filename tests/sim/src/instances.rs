@@ -58,6 +58,49 @@ impl Sim {
         in_page || in_mailbox || in_irr
     }
 
+    /// Instances of `vector` that may legitimately be owed to vCPU `j` at
+    /// the end of the run: one pending (IRR or what feeds it) and one
+    /// presented but not yet taken by the guest's handler (in the emulating
+    /// APIC's ISR with no handler frame of it).
+    pub(crate) fn in_flight(&self, j: usize, vector: u8) -> usize {
+        let Some(v) = self.vcpus.get(j) else {
+            return 0;
+        };
+        let isr = if v.handed_back {
+            v.host_apic.as_ref().is_some_and(|a| a.isr().contains(vector))
+        } else {
+            self.m
+                .engines
+                .get(j)
+                .and_then(Option::as_ref)
+                .is_some_and(|e| e.apic().isr().contains(vector))
+        };
+        let handling = v.guest.frames.iter().any(|f| f.vector == vector);
+        usize::from(self.vector_pending(j, vector)) + usize::from(isr && !handling)
+    }
+
+    /// Per vCPU and vector: owed instances that are lost at the end of the
+    /// run (requested before `cutoff`, or more than can be in flight), as
+    /// (vCPU, vector, request time of the newest such instance).
+    pub(crate) fn lost_instances(&self, cutoff: u64) -> alloc::vec::Vec<(usize, u8, u64)> {
+        let mut out = alloc::vec::Vec::new();
+        for (j, ledger) in self.ledgers.iter().enumerate() {
+            for vector in 0u8..=255 {
+                let owed = ledger.owed_count(vector);
+                if owed == 0 {
+                    continue;
+                }
+                let old = ledger.owed_times(vector).filter(|t| *t < cutoff).count();
+                let lost = old.max(owed.saturating_sub(self.in_flight(j, vector)));
+                let times: alloc::vec::Vec<u64> = ledger.owed_times(vector).collect();
+                for at in times.iter().take(lost) {
+                    out.push((j, vector, *at));
+                }
+            }
+        }
+        out
+    }
+
     /// Records a request of `vector` for vCPU `j` that was (`pending`) or
     /// was not already pending just before it was made.
     pub(crate) fn request_vector(&mut self, j: usize, vector: u8, pending: bool) {
@@ -67,12 +110,19 @@ impl Sim {
             .get_mut(j)
             .map_or(0, |l| l.request(vector, now, pending));
         // IRR holds one instance and one more can be in service (spec §6):
-        // a third owed instance means two were already merged into one.
+        // a third owed instance while none is pending means two were
+        // merged into one already. The oldest is reported lost now (and
+        // written off, so each loss is reported once).
         if owed > 2 {
+            let at = self
+                .ledgers
+                .get_mut(j)
+                .and_then(|l| l.write_off_oldest(vector));
             self.violation(
                 j,
                 alloc::format!(
-                    "vector {vector:#x}: {owed} instances owed while none is pending: an accepted instance was merged away"
+                    "vector {vector:#x}: a third instance accepted while none is pending: an owed instance was lost (merged; oldest owed requested at t={})",
+                    at.unwrap_or(0)
                 ),
             );
         }

@@ -184,6 +184,24 @@ impl Ledger {
             .is_some_and(|a| !a.is_empty())
     }
 
+    /// The request times of the owed instances of `vector`, oldest first.
+    /// Deliveries take the oldest (instances of one vector cannot be told
+    /// apart), so after a loss the instance left owed is the newest.
+    pub fn owed_times(&self, vector: u8) -> impl Iterator<Item = u64> + '_ {
+        self.vectors
+            .get(usize::from(vector))
+            .into_iter()
+            .flat_map(|q| q.iter().copied())
+    }
+
+    /// Removes the oldest owed instance of `vector` (reported lost by the
+    /// caller); its request time.
+    pub fn write_off_oldest(&mut self, vector: u8) -> Option<u64> {
+        self.vectors
+            .get_mut(usize::from(vector))
+            .and_then(VecDeque::pop_front)
+    }
+
     /// How many instances of `vector` are owed.
     pub fn owed_count(&self, vector: u8) -> usize {
         self.vectors
