@@ -377,6 +377,9 @@ impl Sim {
             vmsa.set_exit_code(ExitCode::NPF);
         }
         self.stats.cut_deliveries = self.stats.cut_deliveries.saturating_add(1);
+        if self.profile.mc_at_cut && !self.draining && self.host_target_ok(i) {
+            self.host_post_mc(i);
+        }
         let now = self.now;
         if let Some(t) = self.trace.as_mut() {
             t.instant(
@@ -697,8 +700,8 @@ impl Sim {
 
     /// Whether now is a moment for the deregistration: always, or with
     /// `deregister_when_due` only when the engine-armed timer expires before
-    /// VMPL0 gets to the call ([`EXIT_LATENCY`]) or a #MC waits in the
-    /// engine (issue 9 paths 8 and 4).
+    /// VMPL0 gets to the call ([`EXIT_LATENCY`]; even vCPUs) or a #MC waits
+    /// in the engine (odd vCPUs) (issue 9 paths 8 and 4).
     fn handback_moment(&self, i: usize) -> bool {
         if !self.profile.deregister_when_due {
             return true;
@@ -717,7 +720,8 @@ impl Sim {
             .get(i)
             .and_then(Option::as_ref)
             .is_some_and(kernel::VcpuEngine::machine_check_pending);
-        timer_due || mc
+        // Even vCPUs wait for the timer, odd ones for a #MC.
+        if i % 2 == 0 { timer_due } else { mc }
     }
 
     /// TSC-deadline mode: re-arm once the deadline passed (as Linux does

@@ -25,7 +25,7 @@ use crate::world::{GUEST_VMPL, NEVER, Sim};
 impl Sim {
     /// Whether the host can post host vectors to vCPU `j` that its APIC
     /// will accept (booted guest that allowed host vectors).
-    fn host_target_ok(&self, j: usize) -> bool {
+    pub(crate) fn host_target_ok(&self, j: usize) -> bool {
         self.vcpus
             .get(j)
             .is_some_and(|v| v.created && !v.stopped && v.guest.booted() && v.guest.accepts_host())
@@ -213,11 +213,7 @@ impl Sim {
             return;
         }
         let count = self.rng.range(1, 3);
-        let level_vector = self
-            .lines
-            .iter()
-            .find(|l| l.target == j)
-            .map(|l| l.vector);
+        let level_vector = self.lines.iter().find(|l| l.target == j).map(|l| l.vector);
         for _ in 0..count {
             let mut vector = self.rng.pick(&DEVICE_VECTORS, 0x31);
             if self.profile.edge_on_level_vectors
@@ -306,7 +302,7 @@ impl Sim {
 
     /// A #MC for vCPU `j`'s guest, unless one is still owed (never
     /// nested); true when posted.
-    fn host_post_mc(&mut self, j: usize) -> bool {
+    pub(crate) fn host_post_mc(&mut self, j: usize) -> bool {
         let now = self.now;
         let mc_busy = self.ledgers.get(j).is_some_and(|l| l.mc_owed())
             || self
@@ -316,18 +312,26 @@ impl Sim {
                 .and_then(Option::as_ref)
                 .is_some_and(kernel::VcpuEngine::machine_check_pending)
             || self.vcpus.get(j).is_some_and(|v| v.host_mc);
+        let handed_back = self.vcpus.get(j).is_some_and(|v| v.handed_back);
         let posted = !mc_busy
-            && self
-                .m
-                .doorbells
-                .get(j)
-                .is_some_and(|p| p.host().post_mc(GUEST_VMPL).is_ok());
+            && if handed_back {
+                // The host injects it itself (`kvm_present`).
+                if let Some(v) = self.vcpus.get_mut(j) {
+                    v.host_mc = true;
+                }
+                true
+            } else {
+                self.m
+                    .doorbells
+                    .get(j)
+                    .is_some_and(|p| p.host().post_mc(GUEST_VMPL).is_ok())
+            };
         if posted {
             if let Some(l) = self.ledgers.get_mut(j) {
                 l.request_mc(now);
             }
             self.stats.mc_posted = self.stats.mc_posted.saturating_add(1);
-            self.host_notify(j);
+            self.notify_any(j);
         }
         posted
     }

@@ -67,7 +67,9 @@ impl Sim {
             return 0;
         };
         let isr = if v.handed_back {
-            v.host_apic.as_ref().is_some_and(|a| a.isr().contains(vector))
+            v.host_apic
+                .as_ref()
+                .is_some_and(|a| a.isr().contains(vector))
         } else {
             self.m
                 .engines

@@ -170,10 +170,11 @@ impl Scenario {
                 ipi_per_run: 40_000,
                 ipi_burst: 2,
                 edge_device_gap: Some(500_000),
-                exit_in_delivery: 200_000,
+                exit_in_delivery: 250_000,
                 deregister: true,
                 deregister_when_due: true,
-                mc_per_device: 300_000,
+                mc_per_device: 100_000,
+                mc_at_cut: true,
                 ..base
             },
             // Issue 9 path 9: edge requests of host-level vectors.
@@ -263,6 +264,9 @@ pub struct Profile {
     pub mc_per_device: u32,
     /// Edge devices also request the level lines' vectors.
     pub edge_on_level_vectors: bool,
+    /// The host posts a #MC as a delivery is cut: VMPL0 collects it while
+    /// EVENTINJ is taken by the re-injected event, so it waits a run.
+    pub mc_at_cut: bool,
 }
 
 impl Default for Profile {
@@ -289,6 +293,7 @@ impl Default for Profile {
             deregister_when_due: false,
             mc_per_device: 0,
             edge_on_level_vectors: false,
+            mc_at_cut: false,
         }
     }
 }

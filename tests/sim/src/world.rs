@@ -686,9 +686,14 @@ impl Sim {
             }
         }
         for (i, vector, at) in lost {
+            let what = match vector {
+                2 => String::from("NMI"),
+                18 => String::from("#MC"),
+                v => format!("vector {v:#x}"),
+            };
             self.violation(
                 i,
-                format!("accepted vector {vector:#x} (requested at t={at}) never delivered"),
+                format!("accepted {what} (requested at t={at}) never delivered"),
             );
         }
         let mut unacked = Vec::new();
