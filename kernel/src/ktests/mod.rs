@@ -13,18 +13,19 @@
     clippy::arithmetic_side_effects
 )]
 
-pub mod busy;
 pub mod flow;
 pub mod ipi;
 pub mod nmi;
 pub mod parts;
+// The BUSY auditor itself (crate::busy_audit).
+pub mod busy_audit;
 pub mod protocol;
 pub mod reinject;
 
 /// Every test of the crate.
 pub const ALL: &[&[ktest::Test]] = &[
     parts::TESTS,
-    busy::TESTS,
+    busy_audit::TESTS,
     flow::TESTS,
     nmi::TESTS,
     ipi::TESTS,
