@@ -372,6 +372,11 @@ impl Sim {
 
     /// An exit in the middle of delivering `ev`: EXITINTINFO holds it.
     fn cut_delivery(&mut self, i: usize, ev: EventInj) {
+        if ev.event_type() == EventType::Intr
+            && let Some(v) = self.vcpus.get_mut(i)
+        {
+            v.cut_in_service = Some(ev.vector());
+        }
         if let Some(vmsa) = self.vmsa_mut(i) {
             vmsa.set_exit_int_info(ev);
             vmsa.set_exit_code(ExitCode::NPF);
@@ -422,6 +427,11 @@ impl Sim {
                 i,
                 format!("vector {vector:#x} delivered via {via} at PPR class {ppr:#x}"),
             );
+        }
+        if let Some(v) = self.vcpus.get_mut(i)
+            && v.cut_in_service == Some(vector)
+        {
+            v.cut_in_service = None;
         }
         let debit = self.ledgers.get_mut(i).map(|l| l.deliver(vector, now));
         if debit == Some(Debit::Unrequested) {

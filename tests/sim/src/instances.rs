@@ -7,11 +7,19 @@
 //! posts into, in the IPI mailbox, or in the IRR of the APIC that emulates
 //! the vCPU (the engine's, or the host's after a hand-back), except a
 //! vector the guest took from V_IRQ during the current run (the hardware
-//! acknowledged it; the emulated IRR catches up at the exit).
+//! acknowledged it; the emulated IRR catches up at the exit). A vector
+//! written into EVENTINJ that the CPU has not begun to deliver is pending
+//! too: the emulating APIC moved it to ISR early, but the guest's CPU never
+//! acknowledged it (a run that never entered the guest, a VMRUN that failed
+//! with BUSY), so a new request coalesces with it. One whose delivery an
+//! exit cut (EXITINTINFO) was acknowledged: it is in service, also while
+//! re-injected, and a new request is a second instance (spec §6; the
+//! instance issue 9 path 2 lost).
 
 use core::sync::atomic::Ordering;
 
 use doorbell::DescriptorStatus;
+use vmsa::{EventType, VmsaAccess};
 
 use crate::world::{GUEST_VMPL, Sim};
 
@@ -22,6 +30,13 @@ impl Sim {
             return false;
         };
         let taken = v.virq_taken == Some(vector);
+        let in_eventinj = self.m.vmsas.get(j).is_some_and(|vmsa| {
+            let ev = vmsa.event_inj();
+            ev.valid() && ev.event_type() == EventType::Intr && ev.vector() == vector
+        }) && v.cut_in_service != Some(vector);
+        if in_eventinj {
+            return true;
+        }
         if v.handed_back {
             return !taken
                 && v.host_apic

@@ -199,6 +199,10 @@ pub struct Vcpu {
     /// Vector the guest took from V_IRQ in the current run (the emulated
     /// IRR still shows it until the exit is processed).
     pub virq_taken: Option<u8>,
+    /// INTR vector whose delivery an exit cut (EXITINTINFO): the CPU had
+    /// acknowledged it, so it is in service until its handler runs, also
+    /// while re-injected through EVENTINJ.
+    pub cut_in_service: Option<u8>,
     /// #MC the host got back at the hand-back (descriptor status bit 9)
     /// and has not yet injected.
     pub host_mc: bool,
@@ -344,6 +348,7 @@ impl Sim {
                     kvm_virq: None,
                     kvm_vnmi: false,
                     virq_taken: None,
+                    cut_in_service: None,
                     host_mc: false,
                     ai_stuck_reported: false,
                     busy_streak: 0,
