@@ -68,6 +68,7 @@ impl Sim {
         let credit = v.guest.timer_on && v.guest.sw_enabled;
         if v.handed_back {
             let pending = self.vector_pending(i, TIMER_VECTOR);
+            self.kvm_sync_virq(i);
             let fired = self
                 .vcpus
                 .get_mut(i)
@@ -247,6 +248,10 @@ impl Sim {
     /// Requests `vector` in the APIC the host emulates for handed-back vCPU
     /// `j`; true when that APIC took it (accepted or coalesced).
     fn host_apic_request(&mut self, j: usize, vector: u8, trigger: Trigger) -> bool {
+        // KVM kicks a running vCPU out for a new interrupt and syncs a V_IRQ
+        // the guest took (IRR -> ISR) before it sets IRR again; otherwise
+        // the new instance would coalesce into the stale IRR bit.
+        self.kvm_sync_virq(j);
         let outcome = self
             .vcpus
             .get_mut(j)
@@ -547,12 +552,8 @@ impl Sim {
             if let Some(v) = self.vcpus.get_mut(target) {
                 v.host_nmi = true;
             }
-        } else if let Some(a) = self
-            .vcpus
-            .get_mut(target)
-            .and_then(|v| v.host_apic.as_mut())
-        {
-            let _ = a.request(vector, Trigger::Edge);
+        } else {
+            let _ = self.host_apic_request(target, vector, Trigger::Edge);
         }
         let now = self.now;
         if let Some(t) = self.trace.as_mut() {

@@ -21,6 +21,7 @@ use core::sync::atomic::Ordering;
 use doorbell::DescriptorStatus;
 use vmsa::{EventType, VmsaAccess};
 
+use crate::guest::TIMER_VECTOR;
 use crate::world::{GUEST_VMPL, Sim};
 
 impl Sim {
@@ -93,7 +94,22 @@ impl Sim {
                 .is_some_and(|e| e.apic().isr().contains(vector))
         };
         let handling = v.guest.frames.iter().any(|f| f.vector == vector);
-        usize::from(self.vector_pending(j, vector)) + usize::from(isr && !handling)
+        // A timer expiry the emulating APIC has not polled yet (the run
+        // ended as it fell due).
+        let now = self.now;
+        let deadline = if v.handed_back {
+            v.host_apic
+                .as_ref()
+                .and_then(apic::LocalApic::next_timer_deadline)
+        } else {
+            self.m
+                .engines
+                .get(j)
+                .and_then(Option::as_ref)
+                .and_then(|e| e.apic().next_timer_deadline())
+        };
+        let expired = vector == TIMER_VECTOR && deadline.is_some_and(|d| d <= now);
+        usize::from(self.vector_pending(j, vector) || expired) + usize::from(isr && !handling)
     }
 
     /// Per vCPU and vector: owed instances that are lost at the end of the
