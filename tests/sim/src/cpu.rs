@@ -125,6 +125,9 @@ impl Sim {
             t.end(i, now, "guest");
             t.instant(i, now, "VMPL0 entry", "");
         }
+        // A deadline that fell due at this very tick expired before VMPL0
+        // acts (the engine may poll it in the call below).
+        self.timer_due(i);
         let hostile = self.profile.hostile_hv && !self.draining;
         let in_flight = self.vcpus.get(i).is_some_and(|v| v.run_in_flight);
         let mut exit = None;
