@@ -216,7 +216,17 @@ impl Sim {
             // A timer deadline that passed before VMPL0 got here expires now
             // (the entry may have come first for another reason).
             self.timer_due(i);
-            let res = self.engine_call(i, "before_run", |e, env, vmsa| e.before_run(env, vmsa));
+            let sabotage = self.config.sabotage
+                == Some(crate::world::Sabotage::WriteAfterBusyClear)
+                && self.rng.chance(20_000);
+            let res = self.engine_call(i, "before_run", |e, env, vmsa| {
+                let res = e.before_run(env, vmsa);
+                if sabotage {
+                    let ev = vmsa.event_inj();
+                    vmsa.set_event_inj(ev);
+                }
+                res
+            });
             match res {
                 Some(Ok(())) => {}
                 Some(Err(fatal)) => {
@@ -344,7 +354,9 @@ impl Sim {
             let sabotage = self.config.sabotage;
             let intr = ev.event_type() == EventType::Intr;
             match sabotage {
-                Some(crate::world::Sabotage::DropEventInj) if intr && self.rng.chance(20_000) => {}
+                Some(crate::world::Sabotage::DropEventInj) if intr && self.rng.chance(20_000) => {
+                    self.stats.sabotage_drops = self.stats.sabotage_drops.saturating_add(1);
+                }
                 Some(crate::world::Sabotage::DoubleDeliver) if intr && self.rng.chance(20_000) => {
                     self.deliver_event(i, ev);
                     self.deliver_event(i, ev);

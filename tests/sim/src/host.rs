@@ -630,11 +630,14 @@ impl Sim {
             );
             let _ = host_apic.write_msr(apic::MSR_TIMER_INITIAL, period, now);
         }
-        if self.config.host_clears_ai
-            && let Some(vmsa) = self.m.vmsas.get_mut(j)
-        {
+        if let Some(vmsa) = self.m.vmsas.get_mut(j) {
             let features = vmsa.sev_features();
-            vmsa.set_sev_features(features.difference(SevFeatures::ALTERNATE_INJECTION));
+            if self.config.host_clears_ai {
+                vmsa.set_sev_features(features.difference(SevFeatures::ALTERNATE_INJECTION));
+            }
+            if self.config.sabotage == Some(crate::world::Sabotage::KeepAlternateInjection) {
+                vmsa.set_sev_features(features.union(SevFeatures::ALTERNATE_INJECTION));
+            }
         }
         if let Some(v) = self.vcpus.get_mut(j) {
             v.handed_back = true;

@@ -37,6 +37,8 @@ pub struct Stats {
     pub vmrun_busy: u64,
     /// Engine writes to a VMSA while BUSY was clear (BUSY auditor).
     pub busy_audit_writes: u64,
+    /// EVENTINJ interrupts the DropEventInj sabotage swallowed.
+    pub sabotage_drops: u64,
     /// Times the host returned to VMPL0 without entering the guest.
     pub runs_not_entered: u64,
     /// #MCs the host posted.

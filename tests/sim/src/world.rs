@@ -93,6 +93,12 @@ pub enum Sabotage {
     IgnoreVTpr,
     /// BUSY is left set at some VMRUNs VMPL0 asked for.
     BusyAtVmrun,
+    /// VMPL0 writes EVENTINJ back after `before_run` cleared BUSY, as an
+    /// engine that edits a runnable VMSA would (BUSY audit).
+    WriteAfterBusyClear,
+    /// The hand-back leaves SEV_FEATURES.AlternateInjection set, as issue 9
+    /// path 1 did (the host model's check).
+    KeepAlternateInjection,
 }
 
 impl Config {

@@ -260,6 +260,69 @@ fn the_checks_catch_busy_at_vmrun() {
 }
 
 #[test]
+fn the_busy_audit_catches_a_vmsa_write_while_busy_is_clear() {
+    sabotaged(
+        Scenario::IdleTimer,
+        Sabotage::WriteAfterBusyClear,
+        "BUSY audit: before_run wrote",
+    );
+}
+
+#[test]
+fn the_host_model_flags_an_interrupt_it_cannot_inject_while_ai_is_set() {
+    let mut config = Config::new(Scenario::Deregister, 4, 3, 30_000);
+    config.sabotage = Some(Sabotage::KeepAlternateInjection);
+    let s = sim::run(config, |_| {}).stats;
+    assert!(
+        s.violation_kinds
+            .keys()
+            .any(|k| k.contains("AlternateInjection is still set")),
+        "{:?}",
+        s.violation_kinds
+    );
+}
+
+// Issue 9's new scenarios. Each fails on an engine with the bug it is
+// about (shown on branch i9-oracle, whose engine is unfixed); un-ignore
+// once the engine fix (branch i9-fix) is merged.
+
+#[test]
+#[ignore = "issue 9 path 2 (and its mailbox sibling, still open on i9-fix d5e8e6b): un-ignore once fixed"]
+fn reinject_stall_keeps_every_instance_when_a_run_never_enters_the_guest() {
+    each_seed(Scenario::ReinjectStall, |s| {
+        assert!(s.runs_not_entered > 0 && s.cut_deliveries > 0);
+        assert!(s.engine.reinjected > 0);
+    });
+}
+
+#[test]
+#[ignore = "issue 9 path 3: un-ignore once i9-fix is merged"]
+fn tsc_deadline_rewrites_around_expiry_lose_no_expiry() {
+    each_seed(Scenario::TscDeadline, |s| {
+        assert!(s.tsc_deadline_writes > 0 && s.timer_expiries > 0);
+    });
+}
+
+#[test]
+#[ignore = "issue 9 paths 1, 4, 8: un-ignore once i9-fix is merged"]
+fn handback_with_a_due_timer_or_a_waiting_mc_hands_both_to_the_host() {
+    each_seed(Scenario::HandbackDue, |s| {
+        assert_eq!(s.handbacks as usize, s.vcpus_created as usize);
+        assert!(s.mc_posted > 0 && s.mc_delivered > 0);
+    });
+}
+
+#[test]
+#[ignore = "issue 9 path 9: un-ignore once i9-fix is merged"]
+fn edge_requests_of_level_vectors_keep_one_specific_eoi_per_presentation() {
+    each_seed(Scenario::LevelEdge, |s| {
+        assert!(s.level_posts > 0);
+        assert_eq!(s.level_posts, s.level_eois, "{}", s.report("level-edge"));
+        assert_eq!(s.specific_eois, s.level_eois);
+    });
+}
+
+#[test]
 fn an_unknown_scenario_name_is_refused() {
     assert!("idle-timer".parse::<Scenario>().is_ok());
     assert!("nope".parse::<Scenario>().is_err());
