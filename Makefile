@@ -47,12 +47,15 @@ image-test:
 	tests/image/run-tests.sh
 	tests/image/run-demo.sh idle-timer 4 1 50000
 
-# Model checks of the lock-free doorbell and mailbox code (spec §3).
+# Model checks of the lock-free doorbell and mailbox code (spec §3) and of
+# the engine's sequencing around them (kernel/tests/loom_engine.rs).
 loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 	  $(CARGO) test --release -p doorbell --test loom
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 	  $(CARGO) test --release -p kernel --test loom
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+	  $(CARGO) test --release -p kernel --test loom_engine
 
 lint:
 	$(CARGO) fmt --all --check

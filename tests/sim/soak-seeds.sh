@@ -46,9 +46,11 @@ for s in "${SCENARIOS[@]}"; do
   printf '%-15s %6s %8s %12s  %s\n' "$s" "$SEEDS" "$failing" "$total" "$first"
   if [ "$failing" != 0 ]; then
     status=1
-    # The kinds, summed over the seeds.
-    cat "$OUT/$s".* | awk '/^ +[0-9]+ x / { n = $1; $1 = ""; $2 = ""; k[$0] += n }
-      END { for (x in k) printf "    %8d x%s\n", k[x], x }' | sort -rn
+    # The kinds, summed over the seeds, with the seeds showing each (first 5).
+    for seed in $(seq 1 "$SEEDS"); do
+      awk -v seed="$seed" '/^ +[0-9]+ x / { n = $1; $1 = ""; $2 = ""; print seed "\t" n "\t" $0 }' "$OUT/$s.$seed"
+    done | awk -F'\t' '{ k[$3] += $2; c[$3]++; if (c[$3] <= 5) s[$3] = s[$3] " " $1 }
+      END { for (x in k) printf "    %8d x%s  [%d seeds:%s]\n", k[x], x, c[x], s[x] }' | sort -rn
   fi
 done
 exit $status
