@@ -17,7 +17,6 @@ use core::sync::atomic::AtomicU8;
 
 use apic::LocalApic;
 use doorbell::DoorbellPage;
-use kernel::busy_audit::BusyAudit;
 use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared};
 use vmsa::{EFER_SVME, RFLAGS_IF, SevFeatures, VIntrCtrl, VmsaAccess, VmsaPage};
 
@@ -151,7 +150,11 @@ impl Machine {
     pub fn with_engine<R>(
         &mut self,
         i: usize,
-        f: impl FnOnce(&mut VcpuEngine, &Env<'_, SimPlatform>, &mut BusyAudit<'_, VmsaPage>) -> R,
+        f: impl FnOnce(
+            &mut VcpuEngine,
+            &Env<'_, SimPlatform>,
+            &mut kernel::busy_audit::BusyAudit<'_, VmsaPage>,
+        ) -> R,
     ) -> Option<(R, u32, Option<&'static str>)> {
         let Machine {
             platform,
@@ -169,7 +172,7 @@ impl Machine {
             doorbell: doorbells.get(i)?,
             caa_no_eoi: caa.get(i),
         };
-        let mut vmsa = BusyAudit::new(vmsas.get_mut(i)?);
+        let mut vmsa = kernel::busy_audit::BusyAudit::new(vmsas.get_mut(i)?);
         let r = f(engine, &env, &mut vmsa);
         Some((r, vmsa.writes_while_runnable(), vmsa.first_field()))
     }
@@ -282,15 +285,15 @@ pub struct Sim {
     pub stats: Stats,
     /// The timeline, when asked for.
     pub trace: Option<Trace>,
+    /// The vector of the IPI call VMPL0 is answering and, per vCPU, whether
+    /// it was pending before the call (`credit_ipi` tells the ledger).
+    pub ipi_pending_before: (u8, Vec<bool>),
     /// Reused buffer for the engine's GHCB calls.
     pub effect_buf: Vec<crate::platform::Effect>,
     /// Guest IPIs the engine forwarded to the host since the last SVSM
     /// call completed, as (target, vector, NMI): each IPI the guest sent to
     /// a handed-back vCPU must be among them (`credit_ipi`).
     pub forwarded: Vec<(usize, u8, bool)>,
-    /// The vector of the IPI call VMPL0 is answering and, per vCPU, whether
-    /// it was pending before the call (`credit_ipi` tells the ledger).
-    pub ipi_pending_before: (u8, Vec<bool>),
 }
 
 impl Sim {
@@ -405,9 +408,9 @@ impl Sim {
             drain_started: 0,
             stats: Stats::default(),
             trace,
+            ipi_pending_before: (0, Vec::new()),
             effect_buf: Vec::with_capacity(256),
             forwarded: Vec::new(),
-            ipi_pending_before: (0, Vec::new()),
         }
     }
 
@@ -423,7 +426,11 @@ impl Sim {
         &mut self,
         i: usize,
         what: &str,
-        f: impl FnOnce(&mut VcpuEngine, &Env<'_, SimPlatform>, &mut BusyAudit<'_, VmsaPage>) -> R,
+        f: impl FnOnce(
+            &mut VcpuEngine,
+            &Env<'_, SimPlatform>,
+            &mut kernel::busy_audit::BusyAudit<'_, VmsaPage>,
+        ) -> R,
     ) -> Option<R> {
         let (r, writes, first) = self.m.with_engine(i, f)?;
         if writes != 0 {
