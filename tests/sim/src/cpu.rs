@@ -746,7 +746,7 @@ impl Sim {
             .and_then(Option::as_ref)
             .is_some_and(kernel::VcpuEngine::machine_check_pending);
         // Even vCPUs wait for the timer, odd ones for a #MC.
-        if i % 2 == 0 { timer_due } else { mc }
+        if i.is_multiple_of(2) { timer_due } else { mc }
     }
 
     /// TSC-deadline mode: re-arm once the deadline passed (as Linux does

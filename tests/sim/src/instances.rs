@@ -109,7 +109,8 @@ impl Sim {
                 .and_then(|e| e.apic().next_timer_deadline())
         };
         let expired = vector == TIMER_VECTOR && deadline.is_some_and(|d| d <= now);
-        usize::from(self.vector_pending(j, vector) || expired) + usize::from(isr && !handling)
+        usize::from(self.vector_pending(j, vector) || expired)
+            .saturating_add(usize::from(isr && !handling))
     }
 
     /// Per vCPU and vector: owed instances that are lost at the end of the
