@@ -415,7 +415,18 @@ impl Sim {
     fn deliver_event(&mut self, i: usize, ev: EventInj) {
         match ev.event_type() {
             EventType::Intr => self.deliver_intr(i, ev.vector(), "EVENTINJ"),
-            EventType::Nmi => self.deliver_nmi(i),
+            EventType::Nmi => {
+                // With vNMI the CPU also masks NMIs for one injected through
+                // EVENTINJ (AMD APM vol. 2 §15.21.10; KVM's svm_inject_nmi
+                // relies on it): V_NMI_MASK is set until the guest's IRET.
+                if let Some(vmsa) = self.vmsa_mut(i) {
+                    let ctrl = vmsa.vintr_ctrl();
+                    if ctrl.v_nmi_enable() {
+                        vmsa.set_vintr_ctrl(ctrl.with_v_nmi_mask(true));
+                    }
+                }
+                self.deliver_nmi(i)
+            }
             EventType::Exception if ev.vector() == 18 => self.deliver_mc(i),
             _ => {
                 // An exception or software interrupt the engine re-injected
