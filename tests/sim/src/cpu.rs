@@ -199,6 +199,11 @@ impl Sim {
         let vector = match self.vcpus.get(i).and_then(|v| v.guest.call) {
             Some(Call::Ipi { vector, .. }) => vector,
             Some(Call::Setup(SetupStep::XapicIcrLow)) => SELF_IPI_VECTOR,
+            // A hostile ICR or SELF_IPI write that the engine may accept.
+            Some(Call::Hostile(k)) => match HOSTILE_CALLS.get(k) {
+                Some(h) if h.call == 3 && matches!(h.rcx, 0x830 | 0x83F) => h.rdx as u8,
+                _ => return,
+            },
             _ => return,
         };
         let mut before = core::mem::take(&mut self.ipi_pending_before.1);
