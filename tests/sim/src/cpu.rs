@@ -1196,7 +1196,10 @@ impl Sim {
                 }
             } else {
                 let (snap_vector, ref before) = self.ipi_pending_before;
-                let pending = snap_vector == vector && before.get(j).copied().unwrap_or(false);
+                let pending = match before.get(j) {
+                    Some(p) if snap_vector == vector => *p,
+                    _ => crate::ledger::Pending::No,
+                };
                 self.request_vector(j, vector, pending);
             }
             if handed_back {

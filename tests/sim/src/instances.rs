@@ -14,7 +14,10 @@
 //! with BUSY), so a new request coalesces with it. One whose delivery an
 //! exit cut (EXITINTINFO) was acknowledged: it is in service, also while
 //! re-injected, and a new request is a second instance (spec §6; the
-//! instance issue 9 path 2 lost).
+//! instance issue 9 path 2 lost). A vector pending only as a V_IRQ the
+//! guest has not taken yet is ambiguous: the guest may take it before the
+//! new request reaches the engine's IRR, and nobody can tell which came
+//! first, so one more delivery is allowed but not owed.
 
 use core::sync::atomic::Ordering;
 
@@ -22,13 +25,14 @@ use doorbell::DescriptorStatus;
 use vmsa::{EventType, VmsaAccess};
 
 use crate::guest::TIMER_VECTOR;
+use crate::ledger::Pending;
 use crate::world::{GUEST_VMPL, Sim};
 
 impl Sim {
     /// Whether `vector` is pending (not in service) for vCPU `j` now.
-    pub(crate) fn vector_pending(&self, j: usize, vector: u8) -> bool {
+    pub(crate) fn vector_pending(&self, j: usize, vector: u8) -> Pending {
         let Some(v) = self.vcpus.get(j) else {
-            return false;
+            return Pending::No;
         };
         let taken = v.virq_taken == Some(vector);
         let in_eventinj = self.m.vmsas.get(j).is_some_and(|vmsa| {
@@ -36,13 +40,14 @@ impl Sim {
             ev.valid() && ev.event_type() == EventType::Intr && ev.vector() == vector
         }) && v.cut_in_service != Some(vector);
         if in_eventinj {
-            return true;
+            return Pending::Yes;
         }
         if v.handed_back {
-            return !taken
+            let in_irr = !taken
                 && v.host_apic
                     .as_ref()
                     .is_some_and(|a| a.irr().contains(vector));
+            return if in_irr { Pending::Yes } else { Pending::No };
         }
         let in_page = self
             .m
@@ -71,7 +76,21 @@ impl Sim {
                 .get(j)
                 .and_then(Option::as_ref)
                 .is_some_and(|e| e.apic().irr().contains(vector));
-        in_page || in_mailbox || in_irr
+        // Queued in V_IRQ and not taken yet: the guest may take it before
+        // this request reaches the engine's IRR (module doc).
+        let in_virq = self.m.vmsas.get(j).is_some_and(|vmsa| {
+            let c = vmsa.vintr_ctrl();
+            c.v_irq() && c.v_intr_vector() == vector
+        });
+        if in_page || in_mailbox {
+            Pending::Yes
+        } else if in_irr && in_virq {
+            Pending::Ambiguous
+        } else if in_irr {
+            Pending::Yes
+        } else {
+            Pending::No
+        }
     }
 
     /// Instances of `vector` that may legitimately be owed to vCPU `j` at
@@ -109,7 +128,7 @@ impl Sim {
                 .and_then(|e| e.apic().next_timer_deadline())
         };
         let expired = vector == TIMER_VECTOR && deadline.is_some_and(|d| d <= now);
-        usize::from(self.vector_pending(j, vector) || expired)
+        usize::from(self.vector_pending(j, vector) != Pending::No || expired)
             .saturating_add(usize::from(isr && !handling))
     }
 
@@ -137,7 +156,7 @@ impl Sim {
 
     /// Records a request of `vector` for vCPU `j` that was (`pending`) or
     /// was not already pending just before it was made.
-    pub(crate) fn request_vector(&mut self, j: usize, vector: u8, pending: bool) {
+    pub(crate) fn request_vector(&mut self, j: usize, vector: u8, pending: Pending) {
         let now = self.now;
         let owed = self
             .ledgers

@@ -43,6 +43,21 @@ struct Account {
     first_uncovered: u64,
 }
 
+/// Whether a requested vector was already pending for its target when the
+/// request was made (see `instances.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pending {
+    /// Not pending: a new instance.
+    No,
+    /// Pending and not in service: the request coalesces.
+    Yes,
+    /// Pending only as a V_IRQ the guest may take during this run: if it
+    /// does, the request was a new instance, else it coalesced. The engine
+    /// cannot tell which (the take happens in hardware, mid-run), so one
+    /// more delivery is allowed but not owed.
+    Ambiguous,
+}
+
 /// What a debit found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Debit {
@@ -60,6 +75,8 @@ pub enum Debit {
 pub struct Ledger {
     /// Per vector: the request times of the owed instances, oldest first.
     vectors: Vec<VecDeque<u64>>,
+    /// Per vector: one more delivery allowed, not owed ([`Pending::Ambiguous`]).
+    optional: Vec<bool>,
     nmi: Account,
     mc: Account,
     /// Requests that coalesced into an owed delivery.
@@ -91,6 +108,7 @@ impl Ledger {
     pub fn new() -> Self {
         Self {
             vectors: (0..256).map(|_| VecDeque::new()).collect(),
+            optional: alloc::vec![false; 256],
             nmi: Account::default(),
             mc: Account::default(),
             coalesced: 0,
@@ -133,19 +151,27 @@ impl Ledger {
         Debit::Ok
     }
 
-    /// `vector` was accepted for this vCPU at `now`; `pending`: it was
-    /// already pending (not in service) in the target APIC or what feeds
-    /// it. Returns the number of instances now owed.
-    pub fn request(&mut self, vector: u8, now: u64, pending: bool) -> usize {
+    /// `vector` was accepted for this vCPU at `now`; `pending`: whether it
+    /// was already pending (not in service) in the target APIC or what
+    /// feeds it. Returns the number of instances now owed.
+    pub fn request(&mut self, vector: u8, now: u64, pending: Pending) -> usize {
         self.requested = self.requested.saturating_add(1);
-        let Some(owed) = self.vectors.get_mut(usize::from(vector)) else {
+        let (Some(owed), Some(optional)) = (
+            self.vectors.get_mut(usize::from(vector)),
+            self.optional.get_mut(usize::from(vector)),
+        ) else {
             return 0;
         };
-        if pending && !owed.is_empty() {
-            self.coalesced = self.coalesced.saturating_add(1);
-            self.coalesced_verified = self.coalesced_verified.saturating_add(1);
-        } else {
-            owed.push_back(now);
+        match pending {
+            Pending::Yes if !owed.is_empty() => {
+                self.coalesced = self.coalesced.saturating_add(1);
+                self.coalesced_verified = self.coalesced_verified.saturating_add(1);
+            }
+            Pending::Ambiguous if !owed.is_empty() => {
+                self.coalesced = self.coalesced.saturating_add(1);
+                *optional = true;
+            }
+            _ => owed.push_back(now),
         }
         owed.len()
     }
@@ -160,7 +186,13 @@ impl Ledger {
             .and_then(VecDeque::pop_front)
         {
             Some(at) => Debit::Latency(now.saturating_sub(at)),
-            None => Debit::Unrequested,
+            None => match self.optional.get_mut(usize::from(vector)) {
+                Some(optional) if *optional => {
+                    *optional = false;
+                    Debit::Ok
+                }
+                _ => Debit::Unrequested,
+            },
         };
         self.note(debit, vector, now)
     }

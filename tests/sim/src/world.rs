@@ -287,7 +287,7 @@ pub struct Sim {
     pub trace: Option<Trace>,
     /// The vector of the IPI call VMPL0 is answering and, per vCPU, whether
     /// it was pending before the call (`credit_ipi` tells the ledger).
-    pub ipi_pending_before: (u8, Vec<bool>),
+    pub ipi_pending_before: (u8, Vec<crate::ledger::Pending>),
     /// Reused buffer for the engine's GHCB calls.
     pub effect_buf: Vec<crate::platform::Effect>,
     /// Guest IPIs the engine forwarded to the host since the last SVSM
