@@ -55,6 +55,9 @@ pub mod registration;
 pub mod testing;
 
 #[cfg(all(not(feature = "loom"), any(test, feature = "ktests")))]
+pub mod busy_audit;
+
+#[cfg(all(not(feature = "loom"), any(test, feature = "ktests")))]
 pub mod ktests;
 
 #[cfg(not(feature = "loom"))]

@@ -565,3 +565,24 @@ impl Mailbox {
         }
     }
 }
+
+/// Test-only observation (the simulator's per-instance ledger asks whether
+/// a vector is already pending before it counts a new request as coalesced).
+#[cfg(any(test, feature = "ktests"))]
+impl Mailbox {
+    /// What a drain would take now, read with loads only (changes nothing).
+    pub fn peek(&self) -> Drained {
+        let mut pir = [0u64; 4];
+        for (dst, w) in pir.iter_mut().zip(self.pir.iter()) {
+            *dst = w.load(Ordering::Acquire);
+        }
+        let first = pir.first().copied().unwrap_or(0);
+        if let Some(p0) = pir.first_mut() {
+            *p0 = first & WORD0_VECTORS;
+        }
+        Drained {
+            vectors: natural(pir),
+            nmi: first & NMI != 0,
+        }
+    }
+}

@@ -12,6 +12,7 @@ use apic::ApicConfig;
 use doorbell::DoorbellPage;
 use vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
+use crate::busy_audit::BusyAudit;
 use crate::caa::NoEoiByte;
 use crate::engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 use crate::fabric::{Fabric, VcpuShared, VmShared};
@@ -368,7 +369,16 @@ pub fn is_intr(event: Option<EventInj>, vector: u8) -> bool {
     event.is_some_and(|e| e.event_type() == EventType::Intr && e.vector() == vector)
 }
 
+/// Whether every [`Fixture`] engine call panics on a VMSA write made while
+/// BUSY was clear (spec §2), instead of only counting it in
+/// [`Fixture::busy_writes`]: on, so every fixture test is a BUSY audit
+/// (issue 9 path 6; the sabotage tests turn it off for one fixture).
+pub const STRICT_BUSY_AUDIT: bool = true;
+
 /// N vCPUs with their pages, a shared mock platform and calling areas.
+///
+/// `before_run`, `after_exit` and `call` go through [`BusyAudit`]: writes
+/// the engine makes while BUSY is clear are counted per vCPU.
 pub struct Fixture<const N: usize> {
     /// The platform every vCPU uses.
     pub platform: MockPlatform,
@@ -384,6 +394,12 @@ pub struct Fixture<const N: usize> {
     pub caa: [AtomicU8; N],
     /// The engines (`None` until created).
     pub engines: [Option<VcpuEngine>; N],
+    /// Per vCPU: engine writes to its VMSA while BUSY was clear.
+    pub busy_writes: [u32; N],
+    /// The field of the first such write.
+    pub busy_first: Option<&'static str>,
+    /// Panic on such a write (starts as [`STRICT_BUSY_AUDIT`]).
+    pub strict_busy: bool,
 }
 
 impl<const N: usize> Default for Fixture<N> {
@@ -411,7 +427,25 @@ impl<const N: usize> Fixture<N> {
             vmsas,
             caa: [const { AtomicU8::new(0) }; N],
             engines: [const { None }; N],
+            busy_writes: [0; N],
+            busy_first: None,
+            strict_busy: STRICT_BUSY_AUDIT,
         }
+    }
+
+    /// Records what an audited engine call wrote while BUSY was clear.
+    fn audit(&mut self, i: usize, writes: u32, first: Option<&'static str>) {
+        if writes == 0 {
+            return;
+        }
+        if let Some(count) = self.busy_writes.get_mut(i) {
+            *count = count.saturating_add(writes);
+        }
+        self.busy_first = self.busy_first.or(first);
+        assert!(
+            !self.strict_busy,
+            "vCPU {i}: {writes} VMSA writes while BUSY was clear (first: {first:?})"
+        );
     }
 
     /// The configuration the fixture gives vCPU `i` (APIC ID = host ID = i).
@@ -466,6 +500,7 @@ impl<const N: usize> Fixture<N> {
             vmsas,
             caa,
             engines,
+            ..
         } = self;
         let engine = engines.get_mut(i)?.as_mut()?;
         let env = Env::new(
@@ -495,13 +530,21 @@ impl<const N: usize> Fixture<N> {
     /// `before_run` of vCPU `i`.
     pub fn before_run(&mut self, i: usize) -> Result<(), Fatal> {
         let (engine, env, vmsa) = self.parts(i).ok_or(Fatal::NoSlot)?;
-        engine.before_run(&env, vmsa)
+        let mut vmsa = BusyAudit::new(vmsa);
+        let res = engine.before_run(&env, &mut vmsa);
+        let (writes, first) = (vmsa.writes_while_runnable(), vmsa.first_field());
+        self.audit(i, writes, first);
+        res
     }
 
     /// `after_exit` of vCPU `i`.
     pub fn after_exit(&mut self, i: usize) -> Result<ExitInfo, Fatal> {
         let (engine, env, vmsa) = self.parts(i).ok_or(Fatal::NoSlot)?;
-        engine.after_exit(&env, vmsa)
+        let mut vmsa = BusyAudit::new(vmsa);
+        let res = engine.after_exit(&env, &mut vmsa);
+        let (writes, first) = (vmsa.writes_while_runnable(), vmsa.first_field());
+        self.audit(i, writes, first);
+        res
     }
 
     /// `cancel_run` of vCPU `i` (a run the SVSM did not make).
@@ -523,7 +566,16 @@ impl<const N: usize> Fixture<N> {
     /// An APIC protocol call on vCPU `i`.
     pub fn call(&mut self, i: usize, call: ApicCall) -> Option<CallResult> {
         let (engine, env, vmsa) = self.parts(i)?;
-        Some(engine.handle_apic_call(&env, vmsa, call))
+        // A call reaches VMPL0 after an exit (BUSY set by `after_exit`);
+        // tests that call without a run first are not a BUSY question.
+        let after_exit = vmsa.vintr_ctrl().busy();
+        let mut vmsa = BusyAudit::new(vmsa);
+        let res = engine.handle_apic_call(&env, &mut vmsa, call);
+        let (writes, first) = (vmsa.writes_while_runnable(), vmsa.first_field());
+        if after_exit {
+            self.audit(i, writes, first);
+        }
+        Some(res)
     }
 
     /// WRITE_REGISTER through the protocol.

@@ -22,6 +22,8 @@ pub mod host_level;
 pub mod ipi;
 pub mod nmi;
 pub mod parts;
+// The BUSY auditor itself (crate::busy_audit).
+pub mod busy_audit;
 pub mod protocol;
 pub mod registration;
 pub mod reinject;
@@ -30,6 +32,7 @@ pub mod timer;
 /// Every test of the crate.
 pub const ALL: &[&[ktest::Test]] = &[
     parts::TESTS,
+    busy_audit::TESTS,
     flow::TESTS,
     nmi::TESTS,
     ipi::TESTS,

@@ -402,6 +402,7 @@ ktest::suite! {
             vmsas,
             caa,
             engines,
+            ..
         } = &mut f;
         let (platform, shared, doorbells, caa) = (&*platform, &*shared, &*doorbells, &*caa);
         let posts = || {

@@ -29,6 +29,9 @@ use crate::guest::{
 use crate::ledger::Debit;
 use crate::world::{EXIT_LATENCY, NEVER, Sim};
 
+/// IA32_TSC_DEADLINE (Intel SDM vol. 3A §11.5.4.1).
+const TSC_DEADLINE_MSR: u64 = 0x6E0;
+
 /// ExitCode of HLT (AMD APM vol. 2 appendix C).
 const EXIT_HLT: ExitCode = ExitCode(0x78);
 
@@ -122,6 +125,9 @@ impl Sim {
             t.end(i, now, "guest");
             t.instant(i, now, "VMPL0 entry", "");
         }
+        // A deadline that fell due at this very tick expired before VMPL0
+        // acts (the engine may poll it in the call below).
+        self.timer_due(i);
         let hostile = self.profile.hostile_hv && !self.draining;
         let in_flight = self.vcpus.get(i).is_some_and(|v| v.run_in_flight);
         let mut exit = None;
@@ -129,11 +135,10 @@ impl Sim {
             if hostile && self.rng.chance(20_000) {
                 self.garbage_exit_int_info(i);
             }
-            let res = self
-                .m
-                .with_engine(i, |e, env, vmsa| e.after_exit(env, vmsa));
+            let res = self.engine_call(i, "after_exit", |e, env, vmsa| e.after_exit(env, vmsa));
             if let Some(v) = self.vcpus.get_mut(i) {
                 v.run_in_flight = false;
+                v.virq_taken = None;
             }
             match res {
                 Some(Ok(info)) => exit = Some(info.exit),
@@ -151,9 +156,10 @@ impl Sim {
         let call_pending = self.vcpus.get(i).is_some_and(|v| v.guest.call.is_some());
         if exit == Some(ExitKind::Vmgexit) && call_pending {
             self.stats.protocol_calls = self.stats.protocol_calls.saturating_add(1);
-            let res = self
-                .m
-                .with_engine(i, |e, env, vmsa| e.handle_apic_call_in_vmsa(env, vmsa));
+            self.snapshot_ipi_targets(i);
+            let res = self.engine_call(i, "the SVSM call", |e, env, vmsa| {
+                e.handle_apic_call_in_vmsa(env, vmsa)
+            });
             if !self.m.vmsas.get(i).is_some_and(|v| v.vintr_ctrl().busy()) {
                 self.violation(i, "BUSY clear while VMPL0 answers an SVSM call");
             }
@@ -187,6 +193,27 @@ impl Sim {
         self.prepare_and_vmrun(i, true);
     }
 
+    /// Before VMPL0 answers an IPI call: whether its vector is already
+    /// pending at each vCPU (the per-instance ledger's coalescing check).
+    fn snapshot_ipi_targets(&mut self, i: usize) {
+        let vector = match self.vcpus.get(i).and_then(|v| v.guest.call) {
+            Some(Call::Ipi { vector, .. }) => vector,
+            Some(Call::Setup(SetupStep::XapicIcrLow)) => SELF_IPI_VECTOR,
+            // A hostile ICR or SELF_IPI write that the engine may accept.
+            Some(Call::Hostile(k)) => match HOSTILE_CALLS.get(k) {
+                Some(h) if h.call == 3 && matches!(h.rcx, 0x830 | 0x83F) => h.rdx as u8,
+                _ => return,
+            },
+            _ => return,
+        };
+        let mut before = core::mem::take(&mut self.ipi_pending_before.1);
+        before.clear();
+        for j in 0..self.n() {
+            before.push(self.vector_pending(j, vector));
+        }
+        self.ipi_pending_before = (vector, before);
+    }
+
     /// `before_run` (when VMPL0 is entered), the host's own injection after
     /// a hand-back, the entry checks, then VMRUN.
     pub(crate) fn prepare_and_vmrun(&mut self, i: usize, vmpl0: bool) {
@@ -194,9 +221,17 @@ impl Sim {
             // A timer deadline that passed before VMPL0 got here expires now
             // (the entry may have come first for another reason).
             self.timer_due(i);
-            let res = self
-                .m
-                .with_engine(i, |e, env, vmsa| e.before_run(env, vmsa));
+            let sabotage = self.config.sabotage
+                == Some(crate::world::Sabotage::WriteAfterBusyClear)
+                && self.rng.chance(20_000);
+            let res = self.engine_call(i, "before_run", |e, env, vmsa| {
+                let res = e.before_run(env, vmsa);
+                if sabotage {
+                    let ev = vmsa.event_inj();
+                    vmsa.set_event_inj(ev);
+                }
+                res
+            });
             match res {
                 Some(Ok(())) => {}
                 Some(Err(fatal)) => {
@@ -209,6 +244,14 @@ impl Sim {
             if let Some(v) = self.vcpus.get_mut(i) {
                 v.run_in_flight = true;
                 v.kicks_in_batch = 0;
+            }
+            if !self.draining && self.rng.chance(self.profile.host_returns_at_once) {
+                // The host returns to VMPL0 without VMRUN (it had work of its
+                // own): the VMSA is untouched, what VMPL0 presented was not
+                // delivered and must be recalled without losing an instance.
+                self.stats.runs_not_entered = self.stats.runs_not_entered.saturating_add(1);
+                self.end_run_soon(i);
+                return;
             }
         }
         if self.vcpus.get(i).is_some_and(|v| v.handed_back) {
@@ -316,7 +359,9 @@ impl Sim {
             let sabotage = self.config.sabotage;
             let intr = ev.event_type() == EventType::Intr;
             match sabotage {
-                Some(crate::world::Sabotage::DropEventInj) if intr && self.rng.chance(20_000) => {}
+                Some(crate::world::Sabotage::DropEventInj) if intr && self.rng.chance(20_000) => {
+                    self.stats.sabotage_drops = self.stats.sabotage_drops.saturating_add(1);
+                }
                 Some(crate::world::Sabotage::DoubleDeliver) if intr && self.rng.chance(20_000) => {
                     self.deliver_event(i, ev);
                     self.deliver_event(i, ev);
@@ -347,11 +392,19 @@ impl Sim {
 
     /// An exit in the middle of delivering `ev`: EXITINTINFO holds it.
     fn cut_delivery(&mut self, i: usize, ev: EventInj) {
+        if ev.event_type() == EventType::Intr
+            && let Some(v) = self.vcpus.get_mut(i)
+        {
+            v.cut_in_service = Some(ev.vector());
+        }
         if let Some(vmsa) = self.vmsa_mut(i) {
             vmsa.set_exit_int_info(ev);
             vmsa.set_exit_code(ExitCode::NPF);
         }
         self.stats.cut_deliveries = self.stats.cut_deliveries.saturating_add(1);
+        if self.profile.mc_at_cut && !self.draining && self.host_target_ok(i) {
+            self.host_post_mc(i);
+        }
         let now = self.now;
         if let Some(t) = self.trace.as_mut() {
             t.instant(
@@ -367,7 +420,18 @@ impl Sim {
     fn deliver_event(&mut self, i: usize, ev: EventInj) {
         match ev.event_type() {
             EventType::Intr => self.deliver_intr(i, ev.vector(), "EVENTINJ"),
-            EventType::Nmi => self.deliver_nmi(i),
+            EventType::Nmi => {
+                // With vNMI the CPU also masks NMIs for one injected through
+                // EVENTINJ (AMD APM vol. 2 §15.21.10; KVM's svm_inject_nmi
+                // relies on it): V_NMI_MASK is set until the guest's IRET.
+                if let Some(vmsa) = self.vmsa_mut(i) {
+                    let ctrl = vmsa.vintr_ctrl();
+                    if ctrl.v_nmi_enable() {
+                        vmsa.set_vintr_ctrl(ctrl.with_v_nmi_mask(true));
+                    }
+                }
+                self.deliver_nmi(i)
+            }
             EventType::Exception if ev.vector() == 18 => self.deliver_mc(i),
             _ => {
                 // An exception or software interrupt the engine re-injected
@@ -394,6 +458,11 @@ impl Sim {
                 i,
                 format!("vector {vector:#x} delivered via {via} at PPR class {ppr:#x}"),
             );
+        }
+        if let Some(v) = self.vcpus.get_mut(i)
+            && v.cut_in_service == Some(vector)
+        {
+            v.cut_in_service = None;
         }
         let debit = self.ledgers.get_mut(i).map(|l| l.deliver(vector, now));
         if debit == Some(Debit::Unrequested) {
@@ -485,6 +554,9 @@ impl Sim {
         {
             vmsa.set_vintr_ctrl(ctrl.with_v_irq(false));
             let vector = ctrl.v_intr_vector();
+            if let Some(v) = self.vcpus.get_mut(i) {
+                v.virq_taken = Some(vector);
+            }
             if self.rng.chance(self.profile.exit_in_delivery) {
                 self.cut_delivery(i, EventInj::external_interrupt(vector));
                 return false;
@@ -531,6 +603,10 @@ impl Sim {
     /// One guest instruction (or a short sequence acting as one).
     fn guest_op(&mut self, i: usize) -> Op {
         let cost = self.op_cost();
+        let handback_moment = self.handback_moment(i);
+        if let Some(call) = self.tsc_deadline_op(i) {
+            return self.issue_call(i, call);
+        }
         let Some(v) = self.vcpus.get_mut(i) else {
             return Op::Ran(cost);
         };
@@ -608,7 +684,12 @@ impl Sim {
         }
         let step = self.step;
         if !g.deregistered && g.deregister_step.is_some_and(|s| step >= s) {
-            return self.issue_call(i, Call::Configure(configure::DEREGISTER));
+            if handback_moment {
+                return self.issue_call(i, Call::Configure(configure::DEREGISTER));
+            }
+            // Waiting for the moment: spin in short steps (no HLT) so the
+            // window before the timer expiry is not missed.
+            return Op::Ran(self.rng.range(50, 300));
         }
         if handed_back && g.games_after_handback > 0 {
             g.games_after_handback = g.games_after_handback.saturating_sub(1);
@@ -656,6 +737,54 @@ impl Sim {
             self.set_cr8(i, class);
         }
         Op::Ran(cost)
+    }
+
+    /// Whether now is a moment for the deregistration: always, or with
+    /// `deregister_when_due` only when the engine-armed timer expires before
+    /// VMPL0 gets to the call ([`EXIT_LATENCY`]; even vCPUs) or a #MC waits
+    /// in the engine (odd vCPUs) (issue 9 paths 8 and 4).
+    fn handback_moment(&self, i: usize) -> bool {
+        if !self.profile.deregister_when_due {
+            return true;
+        }
+        let now = self.now;
+        let timer_due = self
+            .m
+            .platform
+            .timers
+            .get(i)
+            .and_then(core::cell::Cell::get)
+            .is_some_and(|d| d > now && d <= now.saturating_add(EXIT_LATENCY));
+        let mc = self
+            .m
+            .engines
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(kernel::VcpuEngine::machine_check_pending);
+        // Even vCPUs wait for the timer, odd ones for a #MC.
+        if i.is_multiple_of(2) { timer_due } else { mc }
+    }
+
+    /// TSC-deadline mode: re-arm once the deadline passed (as Linux does
+    /// after the tick), and now and then rewrite it within 1.5 µs of
+    /// expiry, before or after (issue 9 path 3).
+    fn tsc_deadline_op(&mut self, i: usize) -> Option<Call> {
+        let v = self.vcpus.get(i)?;
+        if !self.profile.tsc_deadline
+            || !v.guest.timer_on
+            || v.handed_back
+            || !v.guest.frames.is_empty()
+        {
+            return None;
+        }
+        let now = self.now;
+        let deadline = v.guest.tsc_deadline;
+        let period = self.profile.timer_period.unwrap_or(0);
+        let near = deadline.abs_diff(now) < 1_500;
+        if deadline <= now || (near && self.rng.chance(300_000)) {
+            return Some(Call::TscDeadline(now.saturating_add(period)));
+        }
+        None
     }
 
     fn sti(&mut self, i: usize) {
@@ -814,6 +943,21 @@ impl Sim {
         }
         let x2apic = self.vcpus.get(i).is_some_and(|v| v.guest.x2apic);
         let period = self.profile.timer_period.unwrap_or(0);
+        let tsc_deadline = self.now.saturating_add(period);
+        match call {
+            Call::Setup(SetupStep::TscDeadline) => {
+                if let Some(v) = self.vcpus.get_mut(i) {
+                    v.guest.tsc_deadline = tsc_deadline;
+                }
+            }
+            Call::TscDeadline(d) => {
+                if let Some(v) = self.vcpus.get_mut(i) {
+                    v.guest.tsc_deadline = d;
+                }
+                self.stats.tsc_deadline_writes = self.stats.tsc_deadline_writes.saturating_add(1);
+            }
+            _ => {}
+        }
         let id = i as u64;
         let bsp = if i == 0 { 1u64 << 8 } else { 0 };
         let (protocol, number, rcx, rdx) = match call {
@@ -825,8 +969,12 @@ impl Sim {
                 SetupStep::AllowHost => (3, 4, (1 << 9) | (1 << 8), 0),
                 SetupStep::Register => (3, 1, configure::REGISTER, 0),
                 SetupStep::TimerDivide => (3, 3, 0x83E, 0xB),
+                SetupStep::TimerLvt if self.profile.tsc_deadline => {
+                    (3, 3, 0x832, (2 << 17) | u64::from(TIMER_VECTOR))
+                }
                 SetupStep::TimerLvt => (3, 3, 0x832, (1 << 17) | u64::from(TIMER_VECTOR)),
                 SetupStep::TimerInitial => (3, 3, 0x838, period.min(u64::from(u32::MAX))),
+                SetupStep::TscDeadline => (3, 3, TSC_DEADLINE_MSR, tsc_deadline),
             },
             Call::Eoi | Call::EoiNothing => (3, 3, 0x80B, 0),
             Call::Ipi { dest, vector, nmi } => {
@@ -846,6 +994,7 @@ impl Sim {
             },
             Call::Configure(op) => (3, 1, op, 0),
             Call::ReadWhenHandedBack => (3, 2, 0x808, 0),
+            Call::TscDeadline(deadline) => (3, 3, TSC_DEADLINE_MSR, deadline),
         };
         let now = self.now;
         if let Some(vmsa) = self.vmsa_mut(i) {
@@ -902,7 +1051,7 @@ impl Sim {
                             SetupStep::XapicSvr | SetupStep::Svr => g.sw_enabled = true,
                             SetupStep::AllowHost => g.host_allowed = true,
                             SetupStep::X2apic => g.x2apic = true,
-                            SetupStep::TimerInitial => g.timer_on = true,
+                            SetupStep::TimerInitial | SetupStep::TscDeadline => g.timer_on = true,
                             SetupStep::Register => {
                                 let want = self.vm_registrations.saturating_add(1);
                                 self.vm_registrations = want;
@@ -964,6 +1113,7 @@ impl Sim {
                     None => expect(self, "call of protocol 7", ResultCode::UnsupportedProtocol),
                 }
             }
+            Call::TscDeadline(_) => expect(self, "IA32_TSC_DEADLINE write", ResultCode::Success),
             Call::ReadWhenHandedBack => {
                 expect(
                     self,
@@ -1075,12 +1225,17 @@ impl Sim {
             if !credit {
                 continue;
             }
-            if let Some(l) = self.ledgers.get_mut(j) {
-                if nmi {
+            if nmi {
+                if let Some(l) = self.ledgers.get_mut(j) {
                     l.request_nmi(now);
-                } else {
-                    l.request(vector, now);
                 }
+            } else {
+                let (snap_vector, ref before) = self.ipi_pending_before;
+                let pending = match before.get(j) {
+                    Some(p) if snap_vector == vector => *p,
+                    _ => crate::ledger::Pending::No,
+                };
+                self.request_vector(j, vector, pending);
             }
             if handed_back {
                 self.stats.ipis_to_handed_back = self.stats.ipis_to_handed_back.saturating_add(1);
@@ -1126,7 +1281,9 @@ impl Sim {
         if vmsa.exit_int_info().valid() || vmsa.exit_code().kind() == ExitKind::Busy {
             return;
         }
-        let vector = self.rng.below(32) as u8;
+        // 0-30: a forged INTR 31 could be one the engine really presented, which
+        // no one can tell from a real cut delivery (and would be re-injected).
+        let vector = self.rng.below(31) as u8;
         let kinds = if self.profile.forged_low_intr { 4 } else { 3 };
         let garbage = match self.rng.below(kinds).wrapping_add(1) % 4 {
             1 => {

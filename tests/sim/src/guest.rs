@@ -47,6 +47,8 @@ pub enum SetupStep {
     TimerLvt,
     /// Timer initial count = the period.
     TimerInitial,
+    /// IA32_TSC_DEADLINE = now + the period (TSC-deadline mode).
+    TscDeadline,
 }
 
 /// An IPI destination as the guest chose it.
@@ -84,6 +86,8 @@ pub enum Call {
     Configure(u64),
     /// READ_REGISTER of TPR after the hand-back (INVALID_REQUEST).
     ReadWhenHandedBack,
+    /// WRITE_REGISTER IA32_TSC_DEADLINE (re-arm or rewrite).
+    TscDeadline(u64),
 }
 
 /// An illegal or odd protocol call and its architected answer (spec §5, §6).
@@ -349,6 +353,8 @@ pub struct Guest {
     pub host_allowed: bool,
     /// The periodic timer runs.
     pub timer_on: bool,
+    /// Last IA32_TSC_DEADLINE written (TSC-deadline mode; 0: none).
+    pub tsc_deadline: u64,
     /// The registration count the guest expects.
     pub registered: u32,
     /// Handlers in progress, innermost last.
@@ -397,7 +403,11 @@ impl Guest {
         if profile.timer_period.is_some() {
             setup.push(SetupStep::TimerDivide);
             setup.push(SetupStep::TimerLvt);
-            setup.push(SetupStep::TimerInitial);
+            setup.push(if profile.tsc_deadline {
+                SetupStep::TscDeadline
+            } else {
+                SetupStep::TimerInitial
+            });
         }
         Self {
             id,
@@ -407,6 +417,7 @@ impl Guest {
             sw_enabled: false,
             host_allowed: false,
             timer_on: false,
+            tsc_deadline: 0,
             registered: 1,
             frames: Vec::with_capacity(16),
             in_nmi: false,

@@ -16,7 +16,7 @@ use apic::{LocalApic, RequestOutcome, Trigger, VectorSet};
 use doorbell::DescriptorStatus;
 use kernel::platform::DisableAiRequest;
 use vmsa::rules::{self, Reinjection, VirqOutcome};
-use vmsa::{EventType, VmsaAccess};
+use vmsa::{EventType, SevFeatures, VmsaAccess};
 
 use crate::guest::{DEVICE_VECTORS, Dest, TIMER_VECTOR};
 use crate::platform::Effect;
@@ -25,7 +25,7 @@ use crate::world::{GUEST_VMPL, NEVER, Sim};
 impl Sim {
     /// Whether the host can post host vectors to vCPU `j` that its APIC
     /// will accept (booted guest that allowed host vectors).
-    fn host_target_ok(&self, j: usize) -> bool {
+    pub(crate) fn host_target_ok(&self, j: usize) -> bool {
         self.vcpus
             .get(j)
             .is_some_and(|v| v.created && !v.stopped && v.guest.booted() && v.guest.accepts_host())
@@ -51,9 +51,11 @@ impl Sim {
                 .vcpus
                 .get(i)
                 .is_some_and(|v| v.guest.timer_on && v.guest.sw_enabled);
-            if credit && let Some(l) = self.ledgers.get_mut(i) {
-                l.request(TIMER_VECTOR, now);
+            if credit {
+                let pending = self.vector_pending(i, TIMER_VECTOR);
+                self.request_vector(i, TIMER_VECTOR, pending);
             }
+            let _ = now;
         }
     }
 
@@ -65,12 +67,18 @@ impl Sim {
         };
         let credit = v.guest.timer_on && v.guest.sw_enabled;
         if v.handed_back {
-            let fired = v.host_apic.as_mut().is_some_and(|a| a.poll_timer(now));
+            let pending = self.vector_pending(i, TIMER_VECTOR);
+            self.kvm_sync_virq(i);
+            let fired = self
+                .vcpus
+                .get_mut(i)
+                .and_then(|v| v.host_apic.as_mut())
+                .is_some_and(|a| a.poll_timer(now));
             if !fired {
                 return;
             }
-            if credit && let Some(l) = self.ledgers.get_mut(i) {
-                l.request(TIMER_VECTOR, now);
+            if credit {
+                self.request_vector(i, TIMER_VECTOR, pending);
             }
             self.stats.timer_expiries = self.stats.timer_expiries.saturating_add(1);
             self.wake(i);
@@ -80,8 +88,9 @@ impl Sim {
             slot.set(None);
         }
         self.stats.timer_expiries = self.stats.timer_expiries.saturating_add(1);
-        if credit && let Some(l) = self.ledgers.get_mut(i) {
-            l.request(TIMER_VECTOR, now);
+        if credit {
+            let pending = self.vector_pending(i, TIMER_VECTOR);
+            self.request_vector(i, TIMER_VECTOR, pending);
         }
         if let Some(t) = self.trace.as_mut() {
             t.instant(i, now, "timer", "");
@@ -125,6 +134,7 @@ impl Sim {
         };
         let (target, vector) = (line.target, line.vector);
         let handed_back = self.vcpus.get(target).is_some_and(|v| v.handed_back);
+        let pending = self.vector_pending(target, vector);
         let posted = if handed_back {
             self.host_apic_request(target, vector, Trigger::Level)
         } else {
@@ -146,9 +156,7 @@ impl Sim {
             line.posted_at = now;
             line.posts = line.posts.saturating_add(1);
         }
-        if let Some(l) = self.ledgers.get_mut(target) {
-            l.request(vector, now);
-        }
+        self.request_vector(target, vector, pending);
         if handed_back {
             self.wake(target);
         } else {
@@ -206,12 +214,24 @@ impl Sim {
             return;
         }
         let count = self.rng.range(1, 3);
+        let level_vector = self.lines.iter().find(|l| l.target == j).map(|l| l.vector);
         for _ in 0..count {
-            let vector = self.rng.pick(&DEVICE_VECTORS, 0x31);
+            let mut vector = self.rng.pick(&DEVICE_VECTORS, 0x31);
+            if self.profile.edge_on_level_vectors
+                && let Some(level) = level_vector
+                && self.rng.chance(300_000)
+            {
+                vector = level;
+            }
             self.host_post_edge(j, vector);
         }
         if self.rng.chance(self.profile.host_nmi) {
             self.host_post_nmi(j);
+        }
+        if self.rng.chance(self.profile.mc_per_device)
+            && !self.vcpus.get(j).is_some_and(|v| v.handed_back)
+        {
+            self.host_post_mc(j);
         }
         self.notify_any(j);
         self.stats.device_interrupts = self.stats.device_interrupts.saturating_add(count);
@@ -228,6 +248,10 @@ impl Sim {
     /// Requests `vector` in the APIC the host emulates for handed-back vCPU
     /// `j`; true when that APIC took it (accepted or coalesced).
     fn host_apic_request(&mut self, j: usize, vector: u8, trigger: Trigger) -> bool {
+        // KVM kicks a running vCPU out for a new interrupt and syncs a V_IRQ
+        // the guest took (IRR -> ISR) before it sets IRR again; otherwise
+        // the new instance would coalesce into the stale IRR bit.
+        self.kvm_sync_virq(j);
         let outcome = self
             .vcpus
             .get_mut(j)
@@ -244,6 +268,7 @@ impl Sim {
     fn host_post_edge(&mut self, j: usize, vector: u8) {
         let now = self.now;
         let handed_back = self.vcpus.get(j).is_some_and(|v| v.handed_back);
+        let pending = self.vector_pending(j, vector);
         let accepted = if handed_back {
             self.host_apic_request(j, vector, Trigger::Edge)
         } else {
@@ -254,9 +279,10 @@ impl Sim {
                 .is_some_and(|d| d.host().post_vector(GUEST_VMPL, vector).is_ok());
             posted && self.host_target_ok(j) && vector >= 31
         };
-        if accepted && let Some(l) = self.ledgers.get_mut(j) {
-            l.request(vector, now);
+        if accepted {
+            self.request_vector(j, vector, pending);
         }
+        let _ = now;
     }
 
     fn host_post_nmi(&mut self, j: usize) {
@@ -277,6 +303,42 @@ impl Sim {
             l.request_nmi(now);
         }
         self.stats.host_nmis = self.stats.host_nmis.saturating_add(1);
+    }
+
+    /// A #MC for vCPU `j`'s guest, unless one is still owed (never
+    /// nested); true when posted.
+    pub(crate) fn host_post_mc(&mut self, j: usize) -> bool {
+        let now = self.now;
+        let mc_busy = self.ledgers.get(j).is_some_and(|l| l.mc_owed())
+            || self
+                .m
+                .engines
+                .get(j)
+                .and_then(Option::as_ref)
+                .is_some_and(kernel::VcpuEngine::machine_check_pending)
+            || self.vcpus.get(j).is_some_and(|v| v.host_mc);
+        let handed_back = self.vcpus.get(j).is_some_and(|v| v.handed_back);
+        let posted = !mc_busy
+            && if handed_back {
+                // The host injects it itself (`kvm_present`).
+                if let Some(v) = self.vcpus.get_mut(j) {
+                    v.host_mc = true;
+                }
+                true
+            } else {
+                self.m
+                    .doorbells
+                    .get(j)
+                    .is_some_and(|p| p.host().post_mc(GUEST_VMPL).is_ok())
+            };
+        if posted {
+            if let Some(l) = self.ledgers.get_mut(j) {
+                l.request_mc(now);
+            }
+            self.stats.mc_posted = self.stats.mc_posted.saturating_add(1);
+            self.notify_any(j);
+        }
+        posted
     }
 
     /// One hostile act of the hypervisor.
@@ -380,19 +442,8 @@ impl Sim {
                 self.host_notify(j);
             }
             9 => {
-                let mc_busy = self.ledgers.get(j).is_some_and(|l| l.mc_owed())
-                    || self
-                        .m
-                        .engines
-                        .get(j)
-                        .and_then(Option::as_ref)
-                        .is_some_and(kernel::VcpuEngine::machine_check_pending);
-                if !mc_busy && page.host().post_mc(GUEST_VMPL).is_ok() {
-                    if let Some(l) = self.ledgers.get_mut(j) {
-                        l.request_mc(now);
-                    }
+                if self.host_post_mc(j) {
                     self.stats.hostile_mc = self.stats.hostile_mc.saturating_add(1);
-                    self.host_notify(j);
                 }
             }
             10 => {
@@ -508,12 +559,8 @@ impl Sim {
             if let Some(v) = self.vcpus.get_mut(target) {
                 v.host_nmi = true;
             }
-        } else if let Some(a) = self
-            .vcpus
-            .get_mut(target)
-            .and_then(|v| v.host_apic.as_mut())
-        {
-            let _ = a.request(vector, Trigger::Edge);
+        } else {
+            let _ = self.host_apic_request(target, vector, Trigger::Edge);
         }
         let now = self.now;
         if let Some(t) = self.trace.as_mut() {
@@ -531,6 +578,7 @@ impl Sim {
         let mut irr = VectorSet::EMPTY;
         let mut isr = VectorSet::EMPTY;
         let mut nmi = false;
+        let mut mc = false;
         if let Some(desc) = self
             .m
             .doorbells
@@ -546,6 +594,9 @@ impl Sim {
                 irr.insert(31);
             }
             nmi = status.nmi_pending();
+            // A machine check handed back (status bit 9, spec §3) is the
+            // host's to inject now.
+            mc = status.mc_pending();
             let mut words = [0u32; 8];
             for (w, a) in words.iter_mut().skip(1).zip(desc.irr.iter()) {
                 *w = a.swap(0, Ordering::AcqRel);
@@ -586,10 +637,20 @@ impl Sim {
             );
             let _ = host_apic.write_msr(apic::MSR_TIMER_INITIAL, period, now);
         }
+        if let Some(vmsa) = self.m.vmsas.get_mut(j) {
+            let features = vmsa.sev_features();
+            if self.config.host_clears_ai {
+                vmsa.set_sev_features(features.difference(SevFeatures::ALTERNATE_INJECTION));
+            }
+            if self.config.sabotage == Some(crate::world::Sabotage::KeepAlternateInjection) {
+                vmsa.set_sev_features(features.union(SevFeatures::ALTERNATE_INJECTION));
+            }
+        }
         if let Some(v) = self.vcpus.get_mut(j) {
             v.handed_back = true;
             v.host_apic = Some(host_apic);
             v.host_nmi |= nmi;
+            v.host_mc |= mc;
         }
         self.stats.handbacks = self.stats.handbacks.saturating_add(1);
         let now = self.now;
@@ -599,7 +660,38 @@ impl Sim {
     }
 
     /// KVM's injection into the guest after a hand-back (its own APIC).
+    ///
+    /// Only while SEV_FEATURES.AlternateInjection is clear in the guest
+    /// VMSA: with it set the hardware takes event injection from fields only
+    /// VMPL0 writes (spec §1, §2), so the host cannot inject at all. A host
+    /// interrupt pending then can never reach the guest: a violation, not
+    /// a silent wait (the hand-back must clear the bit, spec §5).
     pub(crate) fn kvm_present(&mut self, i: usize) {
+        let ai = self
+            .m
+            .vmsas
+            .get(i)
+            .is_some_and(|v| v.sev_features().contains(SevFeatures::ALTERNATE_INJECTION));
+        if ai {
+            let pending = self.vcpus.get(i).is_some_and(|v| {
+                v.host_nmi
+                    || v.host_mc
+                    || v.host_apic
+                        .as_ref()
+                        .is_some_and(|a| a.irr().highest().is_some())
+            });
+            let first = self.vcpus.get(i).is_some_and(|v| !v.ai_stuck_reported);
+            if pending && first {
+                if let Some(v) = self.vcpus.get_mut(i) {
+                    v.ai_stuck_reported = true;
+                }
+                self.violation(
+                    i,
+                    "host interrupt pending after the hand-back, but AlternateInjection is still set in the VMSA: the host can never inject it",
+                );
+            }
+            return;
+        }
         let Some(vmsa) = self.m.vmsas.get_mut(i) else {
             return;
         };
@@ -609,6 +701,10 @@ impl Sim {
         let Some(host_apic) = v.host_apic.as_mut() else {
             return;
         };
+        if v.host_mc && !vmsa.event_inj().valid() {
+            vmsa.set_event_inj(vmsa::EventInj::exception(18, None));
+            v.host_mc = false;
+        }
         let ctrl = vmsa.vintr_ctrl();
         if v.host_nmi && !ctrl.v_nmi() {
             vmsa.set_vintr_ctrl(ctrl.with_v_nmi(true));
@@ -652,12 +748,19 @@ impl Sim {
         let Some(host_apic) = v.host_apic.as_mut() else {
             return;
         };
+        v.virq_taken = None;
         let ctrl = vmsa.vintr_ctrl();
         let out = rules::take_undelivered(vmsa);
         if let Some(vector) = v.kvm_eventinj.take()
             && out.undelivered_event.is_some()
         {
             host_apic.unacknowledge(vector);
+        }
+        if out
+            .undelivered_event
+            .is_some_and(|e| e.event_type() == EventType::Exception && e.vector() == 18)
+        {
+            v.host_mc = true;
         }
         if let VirqOutcome::Taken(vector) = out.v_irq
             && v.kvm_virq == Some(vector)
@@ -695,6 +798,7 @@ impl Sim {
             vmsa.set_vintr_ctrl(ctrl.with_v_intr_vector(0).with_v_intr_prio(0));
             host_apic.acknowledge(vector);
             v.kvm_virq = None;
+            v.virq_taken = None;
         }
     }
 

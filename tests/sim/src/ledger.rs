@@ -1,19 +1,29 @@
 //! The delivery ledger of one vCPU: what was accepted for it and what its
 //! guest saw, independent of the engine's own bookkeeping.
 //!
-//! A source (host device, IOAPIC line, timer expiry, another vCPU's IPI)
-//! *credits* a vector when the architecture says the target APIC accepts it.
-//! The guest model *debits* it when its handler runs. Architected coalescing
-//! (Intel SDM vol. 3A §11.8.4): IRR holds one pending instance per vector and
-//! one more can be in service, so at most two deliveries can be owed for a
-//! vector; further requests coalesce into them.
-//! - A delivery with no credit is a duplicate (or an invented interrupt).
-//! - A request after the last delivery of its vector that is still
-//!   uncovered when the run has drained is a lost interrupt.
+//! Vectors are tracked **per instance**. A source (host device, IOAPIC
+//! line, timer expiry, another vCPU's IPI) *requests* a vector when the
+//! architecture says the target APIC accepts it, and tells the ledger
+//! whether that vector was already pending (IRR, or the doorbell page or
+//! IPI mailbox that feed it) at that moment, read from the real pages and
+//! APIC by the simulator. Then (Intel SDM vol. 3A §11.8.4, spec §6):
+//! - pending and an instance is owed: the request coalesces into it (an
+//!   architected coalescing the ledger has verified);
+//! - otherwise it is a new instance, owed one delivery.
 //!
-//! NMIs follow the same rule with one pending plus one in service
-//! (spec §6); #MC with one.
+//! The guest model *debits* the oldest owed instance when its handler runs.
+//! - A delivery with nothing owed is a duplicate (or an invented interrupt).
+//! - An instance still owed when the run has drained is lost, whatever
+//!   happened to the other instances of its vector (one instance in IRR and
+//!   one in service may both be owed; a recall that merges them loses one).
+//! - An instance handed to the host at a hand-back stays owed: the host's
+//!   APIC must deliver it.
+//!
+//! NMIs keep the older rule: one pending plus one in service (spec §6), a
+//! loss is a request after the last delivery that is never covered; #MC
+//! likewise with one.
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 /// Most deliveries one vector can be owed (IRR + ISR).
@@ -33,6 +43,21 @@ struct Account {
     first_uncovered: u64,
 }
 
+/// Whether a requested vector was already pending for its target when the
+/// request was made (see `instances.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pending {
+    /// Not pending: a new instance.
+    No,
+    /// Pending and not in service: the request coalesces.
+    Yes,
+    /// Pending only as a V_IRQ the guest may take during this run: if it
+    /// does, the request was a new instance, else it coalesced. The engine
+    /// cannot tell which (the take happens in hardware, mid-run), so one
+    /// more delivery is allowed but not owed.
+    Ambiguous,
+}
+
 /// What a debit found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Debit {
@@ -48,11 +73,16 @@ pub enum Debit {
 /// The ledger of one vCPU.
 #[derive(Clone, Debug)]
 pub struct Ledger {
-    vectors: [Account; 256],
+    /// Per vector: the request times of the owed instances, oldest first.
+    vectors: Vec<VecDeque<u64>>,
+    /// Per vector: one more delivery allowed, not owed ([`Pending::Ambiguous`]).
+    optional: Vec<bool>,
     nmi: Account,
     mc: Account,
     /// Requests that coalesced into an owed delivery.
     pub coalesced: u64,
+    /// Of those: vectors, coalesced into an owed instance pending in IRR.
+    pub coalesced_verified: u64,
     /// Requests credited.
     pub requested: u64,
     /// Deliveries debited.
@@ -77,10 +107,12 @@ impl Ledger {
     /// Empty.
     pub fn new() -> Self {
         Self {
-            vectors: [Account::default(); 256],
+            vectors: (0..256).map(|_| VecDeque::new()).collect(),
+            optional: alloc::vec![false; 256],
             nmi: Account::default(),
             mc: Account::default(),
             coalesced: 0,
+            coalesced_verified: 0,
             requested: 0,
             delivered: 0,
             max_latency: 0,
@@ -119,23 +151,48 @@ impl Ledger {
         Debit::Ok
     }
 
-    /// `vector` was accepted for this vCPU at `now`.
-    pub fn request(&mut self, vector: u8, now: u64) {
+    /// `vector` was accepted for this vCPU at `now`; `pending`: whether it
+    /// was already pending (not in service) in the target APIC or what
+    /// feeds it. Returns the number of instances now owed.
+    pub fn request(&mut self, vector: u8, now: u64, pending: Pending) -> usize {
         self.requested = self.requested.saturating_add(1);
-        let Some(account) = self.vectors.get_mut(usize::from(vector)) else {
-            return;
+        let (Some(owed), Some(optional)) = (
+            self.vectors.get_mut(usize::from(vector)),
+            self.optional.get_mut(usize::from(vector)),
+        ) else {
+            return 0;
         };
-        if !Self::credit_account(account, now, MAX_CREDIT) {
-            self.coalesced = self.coalesced.saturating_add(1);
+        match pending {
+            Pending::Yes if !owed.is_empty() => {
+                self.coalesced = self.coalesced.saturating_add(1);
+                self.coalesced_verified = self.coalesced_verified.saturating_add(1);
+            }
+            Pending::Ambiguous if !owed.is_empty() => {
+                self.coalesced = self.coalesced.saturating_add(1);
+                *optional = true;
+            }
+            _ => owed.push_back(now),
         }
+        owed.len()
     }
 
-    /// The guest's handler for `vector` ran at `now`.
+    /// The guest's handler for `vector` ran at `now`: the oldest owed
+    /// instance is delivered.
     pub fn deliver(&mut self, vector: u8, now: u64) -> Debit {
         self.delivered = self.delivered.saturating_add(1);
-        let debit = match self.vectors.get_mut(usize::from(vector)) {
-            Some(account) => Self::debit_account(account, now),
-            None => Debit::Unrequested,
+        let debit = match self
+            .vectors
+            .get_mut(usize::from(vector))
+            .and_then(VecDeque::pop_front)
+        {
+            Some(at) => Debit::Latency(now.saturating_sub(at)),
+            None => match self.optional.get_mut(usize::from(vector)) {
+                Some(optional) if *optional => {
+                    *optional = false;
+                    Debit::Ok
+                }
+                _ => Debit::Unrequested,
+            },
         };
         self.note(debit, vector, now)
     }
@@ -156,7 +213,32 @@ impl Ledger {
     pub fn owed(&self, vector: u8) -> bool {
         self.vectors
             .get(usize::from(vector))
-            .is_some_and(|a| a.credit != 0)
+            .is_some_and(|a| !a.is_empty())
+    }
+
+    /// The request times of the owed instances of `vector`, oldest first.
+    /// Deliveries take the oldest (instances of one vector cannot be told
+    /// apart), so after a loss the instance left owed is the newest.
+    pub fn owed_times(&self, vector: u8) -> impl Iterator<Item = u64> + '_ {
+        self.vectors
+            .get(usize::from(vector))
+            .into_iter()
+            .flat_map(|q| q.iter().copied())
+    }
+
+    /// Removes the oldest owed instance of `vector` (reported lost by the
+    /// caller); its request time.
+    pub fn write_off_oldest(&mut self, vector: u8) -> Option<u64> {
+        self.vectors
+            .get_mut(usize::from(vector))
+            .and_then(VecDeque::pop_front)
+    }
+
+    /// How many instances of `vector` are owed.
+    pub fn owed_count(&self, vector: u8) -> usize {
+        self.vectors
+            .get(usize::from(vector))
+            .map_or(0, VecDeque::len)
     }
 
     /// An NMI was accepted.
@@ -194,14 +276,13 @@ impl Ledger {
         self.note(debit, 18, now)
     }
 
-    /// Vectors whose latest request, made before `cutoff`, was never
-    /// followed by a delivery (lost), as (vector, request time); NMI is
-    /// reported as vector 2 and #MC as 18.
+    /// Instances requested before `cutoff` and never delivered (lost), as
+    /// (vector, request time); NMI is reported as vector 2 and #MC as 18.
     pub fn lost(&self, cutoff: u64) -> Vec<(u8, u64)> {
         let mut out = Vec::new();
-        for (vector, account) in (0u8..=255).zip(self.vectors.iter()) {
-            if account.uncovered && account.last_request < cutoff {
-                out.push((vector, account.last_request));
+        for (vector, owed) in (0u8..=255).zip(self.vectors.iter()) {
+            for at in owed.iter().filter(|at| **at < cutoff) {
+                out.push((vector, *at));
             }
         }
         if self.nmi.uncovered && self.nmi.last_request < cutoff {
@@ -215,6 +296,6 @@ impl Ledger {
 
     /// Whether anything is still owed.
     pub fn anything_owed(&self) -> bool {
-        self.nmi.credit != 0 || self.mc.credit != 0 || self.vectors.iter().any(|a| a.credit != 0)
+        self.nmi.credit != 0 || self.mc.credit != 0 || self.vectors.iter().any(|a| !a.is_empty())
     }
 }

@@ -26,6 +26,7 @@ pub mod cpu;
 pub mod fuzzing;
 pub mod guest;
 pub mod host;
+pub mod instances;
 pub mod ledger;
 pub mod platform;
 pub mod report;

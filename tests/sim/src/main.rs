@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use sim::{Config, Scenario};
 
-const USAGE: &str = "usage: sim --scenario NAME [--vcpus N] [--seed S] [--steps K] [--trace FILE] [--quiet] [--no-forged-intr]
-scenarios: idle-timer ipi-storm device-level boot hostile-hv hostile-guest deregister";
+const USAGE: &str = "usage: sim --scenario NAME [--vcpus N] [--seed S] [--steps K] [--trace FILE] [--quiet] [--no-forged-intr] [--host-clears-ai]
+scenarios: idle-timer ipi-storm device-level boot hostile-hv hostile-guest deregister
+           reinject-stall tsc-deadline handback-due level-edge";
 
 struct Args {
     config: Config,
@@ -24,6 +25,7 @@ fn parse() -> Result<Args, String> {
     let mut trace_file = None;
     let mut quiet = false;
     let mut no_forged_intr = false;
+    let mut host_clears_ai = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -50,6 +52,7 @@ fn parse() -> Result<Args, String> {
             "--trace" => trace_file = Some(value("--trace")?),
             "--quiet" => quiet = true,
             "--no-forged-intr" => no_forged_intr = true,
+            "--host-clears-ai" => host_clears_ai = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -65,6 +68,7 @@ fn parse() -> Result<Args, String> {
             progress: true,
             no_forged_intr,
             sabotage: None,
+            host_clears_ai,
         },
         trace_file,
         quiet,

@@ -35,6 +35,16 @@ pub struct Stats {
     pub protocol_calls: u64,
     pub vmruns: u64,
     pub vmrun_busy: u64,
+    /// Engine writes to a VMSA while BUSY was clear (BUSY auditor).
+    pub busy_audit_writes: u64,
+    /// EVENTINJ interrupts the DropEventInj sabotage swallowed.
+    pub sabotage_drops: u64,
+    /// Times the host returned to VMPL0 without entering the guest.
+    pub runs_not_entered: u64,
+    /// #MCs the host posted.
+    pub mc_posted: u64,
+    /// IA32_TSC_DEADLINE writes by the guests (re-arms and rewrites).
+    pub tsc_deadline_writes: u64,
     pub host_entries: u64,
     pub host_exits: u64,
     pub halts: u64,
@@ -216,6 +226,18 @@ impl Stats {
         );
         row("VMRUNs", self.vmruns.to_string());
         row("  failed with VMEXIT_BUSY", self.vmrun_busy.to_string());
+        row(
+            "  runs the host did not enter",
+            self.runs_not_entered.to_string(),
+        );
+        row(
+            "  #MC posted / TSC-deadline writes",
+            format!("{} / {}", self.mc_posted, self.tsc_deadline_writes),
+        );
+        row(
+            "  VMSA writes while BUSY clear (audit)",
+            self.busy_audit_writes.to_string(),
+        );
         row(
             "world switches per delivered interrupt",
             format!("{:.3}", self.switches_per_delivery()),

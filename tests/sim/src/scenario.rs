@@ -24,11 +24,20 @@ pub enum Scenario {
     HostileGuest,
     /// Guests deregister; the host takes every APIC back and emulates it.
     Deregister,
+    /// IPI storms while the host often returns to VMPL0 without entering
+    /// the guest and deliveries are often cut (re-injection, recall).
+    ReinjectStall,
+    /// TSC-deadline timers re-armed and rewritten around their expiry.
+    TscDeadline,
+    /// Hand-backs timed to a due timer or a pending #MC.
+    HandbackDue,
+    /// Level lines whose vectors edge devices also request.
+    LevelEdge,
 }
 
 impl Scenario {
     /// Every scenario, in the order `make test` runs them.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::IdleTimer,
         Scenario::IpiStorm,
         Scenario::DeviceLevel,
@@ -36,6 +45,10 @@ impl Scenario {
         Scenario::HostileHv,
         Scenario::HostileGuest,
         Scenario::Deregister,
+        Scenario::ReinjectStall,
+        Scenario::TscDeadline,
+        Scenario::HandbackDue,
+        Scenario::LevelEdge,
     ];
 
     /// The command-line name.
@@ -48,6 +61,10 @@ impl Scenario {
             Scenario::HostileHv => "hostile-hv",
             Scenario::HostileGuest => "hostile-guest",
             Scenario::Deregister => "deregister",
+            Scenario::ReinjectStall => "reinject-stall",
+            Scenario::TscDeadline => "tsc-deadline",
+            Scenario::HandbackDue => "handback-due",
+            Scenario::LevelEdge => "level-edge",
         }
     }
 
@@ -119,6 +136,57 @@ impl Scenario {
                 deregister: true,
                 ..base
             },
+            // Issue 9 path 2: a re-injected or presented vector recalled
+            // after a run that never entered the guest, while another
+            // instance of it arrives (few IPI vectors, many cuts).
+            Scenario::ReinjectStall => Profile {
+                timer_period: Some(1_000_000),
+                busy_work: 300_000,
+                ipi_per_run: 250_000,
+                ipi_burst: 8,
+                ipi_broadcast: 150_000,
+                edge_device_gap: Some(300_000),
+                exit_in_delivery: 150_000,
+                host_returns_at_once: 150_000,
+                ..base
+            },
+            // Issue 9 path 3: IA32_TSC_DEADLINE written after the old
+            // deadline passed but before VMPL0 polled it.
+            Scenario::TscDeadline => Profile {
+                timer_period: Some(200_000),
+                tsc_deadline: true,
+                busy_work: 400_000,
+                ipi_per_run: 50_000,
+                ipi_burst: 2,
+                exit_in_delivery: 20_000,
+                ..base
+            },
+            // Issue 9 paths 4 and 8: the guest deregisters (its last
+            // registration) just as its timer is due or while a #MC waits
+            // for EVENTINJ.
+            Scenario::HandbackDue => Profile {
+                timer_period: Some(300_000),
+                busy_work: 500_000,
+                ipi_per_run: 40_000,
+                ipi_burst: 2,
+                edge_device_gap: Some(500_000),
+                exit_in_delivery: 250_000,
+                deregister: true,
+                deregister_when_due: true,
+                mc_per_device: 100_000,
+                mc_at_cut: true,
+                ..base
+            },
+            // Issue 9 path 9: edge requests of host-level vectors.
+            Scenario::LevelEdge => Profile {
+                timer_period: Some(4_000_000),
+                busy_work: 200_000,
+                level_lines: true,
+                edge_device_gap: Some(200_000),
+                edge_on_level_vectors: true,
+                exit_in_delivery: 40_000,
+                ..base
+            },
         }
     }
 }
@@ -181,6 +249,24 @@ pub struct Profile {
     pub forged_low_intr: bool,
     /// Guests deregister and the host takes the APICs back.
     pub deregister: bool,
+    /// Probability that the host returns to VMPL0 without entering the
+    /// guest (VMRUN never executed, the VMSA untouched).
+    pub host_returns_at_once: u32,
+    /// Guests run their APIC timer in TSC-deadline mode, re-arm it once it
+    /// expired and now and then rewrite it around expiry.
+    pub tsc_deadline: bool,
+    /// Guests make their deregistration only when the engine-armed timer
+    /// is due before VMPL0 handles the call, or a #MC waits in the engine
+    /// (a timing driver: the call itself is an ordinary one).
+    pub deregister_when_due: bool,
+    /// Probability per edge device interrupt that the host also posts a
+    /// #MC (never nested).
+    pub mc_per_device: u32,
+    /// Edge devices also request the level lines' vectors.
+    pub edge_on_level_vectors: bool,
+    /// The host posts a #MC as a delivery is cut: VMPL0 collects it while
+    /// EVENTINJ is taken by the re-injected event, so it waits a run.
+    pub mc_at_cut: bool,
 }
 
 impl Default for Profile {
@@ -202,6 +288,12 @@ impl Default for Profile {
             hostile_guest: false,
             forged_low_intr: true,
             deregister: false,
+            host_returns_at_once: 0,
+            tsc_deadline: false,
+            deregister_when_due: false,
+            mc_per_device: 0,
+            edge_on_level_vectors: false,
+            mc_at_cut: false,
         }
     }
 }

@@ -75,6 +75,11 @@ pub struct Config {
     /// A deliberate fault in the hardware model, to show the checks catch
     /// it (tests only).
     pub sabotage: Option<Sabotage>,
+    /// Test-only stand-in for the fix of issue 9 path 1: the host model
+    /// clears SEV_FEATURES.AlternateInjection itself when disable-AI
+    /// succeeds, so the other hand-back checks can be seen on an engine
+    /// that leaves it set.
+    pub host_clears_ai: bool,
 }
 
 /// Deliberate hardware-model faults for the checker's own tests.
@@ -88,6 +93,12 @@ pub enum Sabotage {
     IgnoreVTpr,
     /// BUSY is left set at some VMRUNs VMPL0 asked for.
     BusyAtVmrun,
+    /// VMPL0 writes EVENTINJ back after `before_run` cleared BUSY, as an
+    /// engine that edits a runnable VMSA would (BUSY audit).
+    WriteAfterBusyClear,
+    /// The hand-back leaves SEV_FEATURES.AlternateInjection set, as issue 9
+    /// path 1 did (the host model's check).
+    KeepAlternateInjection,
 }
 
 impl Config {
@@ -103,6 +114,7 @@ impl Config {
             progress: false,
             no_forged_intr: false,
             sabotage: None,
+            host_clears_ai: false,
         }
     }
 
@@ -135,12 +147,18 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Calls `f` with vCPU `i`'s engine, its environment and its VMSA.
+    /// Calls `f` with vCPU `i`'s engine, its environment and its VMSA
+    /// behind the BUSY auditor; returns what `f` returned and the writes
+    /// the engine made while BUSY was clear (count, first field).
     pub fn with_engine<R>(
         &mut self,
         i: usize,
-        f: impl FnOnce(&mut VcpuEngine, &Env<'_, SimPlatform>, &mut VmsaPage) -> R,
-    ) -> Option<R> {
+        f: impl FnOnce(
+            &mut VcpuEngine,
+            &Env<'_, SimPlatform>,
+            &mut kernel::busy_audit::BusyAudit<'_, VmsaPage>,
+        ) -> R,
+    ) -> Option<(R, u32, Option<&'static str>)> {
         let Machine {
             platform,
             shared,
@@ -158,7 +176,9 @@ impl Machine {
             doorbells.get(i)?,
         )
         .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn kernel::caa::NoEoiByte));
-        Some(f(engine, &env, vmsas.get_mut(i)?))
+        let mut vmsa = kernel::busy_audit::BusyAudit::new(vmsas.get_mut(i)?);
+        let r = f(engine, &env, &mut vmsa);
+        Some((r, vmsa.writes_while_runnable(), vmsa.first_field()))
     }
 }
 
@@ -189,10 +209,23 @@ pub struct Vcpu {
     pub host_nmi: bool,
     /// The host's injector put this vector in EVENTINJ / V_IRQ.
     pub kvm_eventinj: Option<u8>,
+    /// Vector the guest took from V_IRQ in the current run (the emulated
+    /// IRR still shows it until the exit is processed).
+    pub virq_taken: Option<u8>,
+    /// INTR vector whose delivery an exit cut (EXITINTINFO): the CPU had
+    /// acknowledged it, so it is in service until its handler runs, also
+    /// while re-injected through EVENTINJ.
+    pub cut_in_service: Option<u8>,
+    /// #MC the host got back at the hand-back (descriptor status bit 9)
+    /// and has not yet injected.
+    pub host_mc: bool,
     /// Vector the host's injector queued in V_IRQ.
     pub kvm_virq: Option<u8>,
     /// The host's injector set V_NMI.
     pub kvm_vnmi: bool,
+    /// The host found an interrupt it cannot inject because the VMSA kept
+    /// AlternateInjection after the hand-back (reported once).
+    pub ai_stuck_reported: bool,
     /// Consecutive VMRUNs the hostile host made fail with BUSY.
     pub busy_streak: u8,
     /// Kicks delivered since the engine last drained the mailbox.
@@ -256,6 +289,9 @@ pub struct Sim {
     pub stats: Stats,
     /// The timeline, when asked for.
     pub trace: Option<Trace>,
+    /// The vector of the IPI call VMPL0 is answering and, per vCPU, whether
+    /// it was pending before the call (`credit_ipi` tells the ledger).
+    pub ipi_pending_before: (u8, Vec<crate::ledger::Pending>),
     /// Reused buffer for the engine's GHCB calls.
     pub effect_buf: Vec<crate::platform::Effect>,
     /// Guest IPIs the engine forwarded to the host since the last SVSM
@@ -328,6 +364,10 @@ impl Sim {
                     kvm_eventinj: None,
                     kvm_virq: None,
                     kvm_vnmi: false,
+                    virq_taken: None,
+                    cut_in_service: None,
+                    host_mc: false,
+                    ai_stuck_reported: false,
                     busy_streak: 0,
                     kicks_in_batch: 0,
                     guest: Guest::new(i, &profile, dereg),
@@ -376,6 +416,7 @@ impl Sim {
             drain_started: 0,
             stats: Stats::default(),
             trace,
+            ipi_pending_before: (0, Vec::new()),
             effect_buf: Vec::with_capacity(256),
             forwarded: Vec::new(),
             vm_registrations: 1,
@@ -385,6 +426,36 @@ impl Sim {
     /// Number of vCPUs.
     pub fn n(&self) -> usize {
         self.vcpus.len()
+    }
+
+    /// Calls vCPU `i`'s engine (`what` names the call) through
+    /// [`Machine::with_engine`]; a VMSA write while BUSY was clear is a
+    /// violation (spec §2).
+    pub fn engine_call<R>(
+        &mut self,
+        i: usize,
+        what: &str,
+        f: impl FnOnce(
+            &mut VcpuEngine,
+            &Env<'_, SimPlatform>,
+            &mut kernel::busy_audit::BusyAudit<'_, VmsaPage>,
+        ) -> R,
+    ) -> Option<R> {
+        let (r, writes, first) = self.m.with_engine(i, f)?;
+        if writes != 0 {
+            self.stats.busy_audit_writes = self
+                .stats
+                .busy_audit_writes
+                .saturating_add(u64::from(writes));
+            self.violation(
+                i,
+                format!(
+                    "BUSY audit: {what} wrote the VMSA {writes} times while BUSY was clear (first: {})",
+                    first.unwrap_or("?")
+                ),
+            );
+        }
+        Some(r)
     }
 
     /// Records an invariant violation.
@@ -397,7 +468,9 @@ impl Sim {
             .entry(normalize(&what))
             .or_insert(0);
         *kind = kind.saturating_add(1);
-        if self.stats.violation_log.len() < 50 {
+        // The first 50, at most 10 of one kind (one kind must not hide the
+        // others).
+        if self.stats.violation_log.len() < 50 && *kind <= 10 {
             self.stats.violation_log.push(format!(
                 "step {} t={} vCPU {}: {}",
                 self.step, self.now, vcpu, what
@@ -631,16 +704,24 @@ impl Sim {
     /// End-of-run checks: nothing lost, every level vector EOI'd, counters.
     fn final_checks(&mut self) {
         let cutoff = self.drain_started;
-        let mut lost = Vec::new();
+        let mut lost = self.lost_instances(cutoff);
+        // NMI and #MC keep the older rule (ledger.rs).
         for (i, ledger) in self.ledgers.iter().enumerate() {
             for (vector, at) in ledger.lost(cutoff) {
-                lost.push((i, vector, at));
+                if vector == 2 || vector == 18 {
+                    lost.push((i, vector, at));
+                }
             }
         }
         for (i, vector, at) in lost {
+            let what = match vector {
+                2 => String::from("NMI"),
+                18 => String::from("#MC"),
+                v => format!("vector {v:#x}"),
+            };
             self.violation(
                 i,
-                format!("accepted vector {vector:#x} (requested at t={at}) never delivered"),
+                format!("accepted {what} (requested at t={at}) never delivered"),
             );
         }
         let mut unacked = Vec::new();

@@ -14,6 +14,12 @@ use sim::{Config, Outcome, Sabotage, Scenario, Stats};
 const SEEDS: [u64; 4] = [1, 2, 3, 0xDEAD_BEEF];
 const STEPS: u64 = 6_000;
 
+/// Every invariant violation of a run (the ledger, the BUSY audit, the
+/// host model's SEV_FEATURES check).
+fn violations(stats: &Stats) -> u64 {
+    stats.violations
+}
+
 fn run(scenario: Scenario, vcpus: usize, seed: u64, steps: u64) -> Outcome {
     sim::run(Config::new(scenario, vcpus, seed, steps), |_| {})
 }
@@ -23,7 +29,7 @@ fn clean(scenario: Scenario, vcpus: usize, seed: u64, no_forged_intr: bool) -> S
     config.no_forged_intr = no_forged_intr;
     let stats = sim::run(config, |_| {}).stats;
     let title = format!("{scenario} vcpus {vcpus} seed {seed}");
-    assert_eq!(stats.violations, 0, "{}", stats.report(&title));
+    assert_eq!(violations(&stats), 0, "{}", stats.report(&title));
     assert!(
         stats.requested > 0 && stats.delivered > 0,
         "{}",
@@ -177,7 +183,7 @@ fn a_single_vcpu_runs_every_scenario() {
         let mut config = Config::new(scenario, 1, 5, 3000);
         config.no_forged_intr = true;
         let s = sim::run(config, |_| {}).stats;
-        assert_eq!(s.violations, 0, "{}", s.report(scenario.name()));
+        assert_eq!(violations(&s), 0, "{}", s.report(scenario.name()));
     }
 }
 
@@ -236,6 +242,68 @@ fn the_checks_catch_busy_at_vmrun() {
         Sabotage::BusyAtVmrun,
         "BUSY set at a VMRUN",
     );
+}
+
+#[test]
+fn the_busy_audit_catches_a_vmsa_write_while_busy_is_clear() {
+    sabotaged(
+        Scenario::IdleTimer,
+        Sabotage::WriteAfterBusyClear,
+        "BUSY audit: before_run wrote",
+    );
+}
+
+#[test]
+fn the_host_model_flags_an_interrupt_it_cannot_inject_while_ai_is_set() {
+    let mut config = Config::new(Scenario::Deregister, 4, 3, 30_000);
+    config.sabotage = Some(Sabotage::KeepAlternateInjection);
+    let s = sim::run(config, |_| {}).stats;
+    assert!(
+        s.violation_kinds
+            .keys()
+            .any(|k| k.contains("AlternateInjection is still set")),
+        "{:?}",
+        s.violation_kinds
+    );
+}
+
+// Issue 9's new scenarios. Each fails on an engine with the bug it is
+// about (shown on branch i9-oracle, whose engine is unfixed); un-ignore
+// once the engine fix (branch i9-fix) is merged.
+
+#[test]
+fn reinject_stall_keeps_every_instance_when_a_run_never_enters_the_guest() {
+    each_seed(Scenario::ReinjectStall, |s| {
+        assert!(s.runs_not_entered > 0 && s.cut_deliveries > 0);
+        assert!(s.engine.reinjected > 0);
+    });
+}
+
+#[test]
+fn tsc_deadline_rewrites_around_expiry_lose_no_expiry() {
+    each_seed(Scenario::TscDeadline, |s| {
+        assert!(s.tsc_deadline_writes > 0 && s.timer_expiries > 0);
+    });
+}
+
+#[test]
+fn handback_with_a_due_timer_or_a_waiting_mc_hands_both_to_the_host() {
+    // A short run may end before a guest found its moment: count over all.
+    let handbacks = core::cell::Cell::new(0);
+    each_seed(Scenario::HandbackDue, |s| {
+        handbacks.set(handbacks.get() + s.handbacks);
+        assert!(s.mc_posted > 0, "{}", s.report("handback-due"));
+    });
+    assert!(handbacks.get() > 0);
+}
+
+#[test]
+fn edge_requests_of_level_vectors_keep_one_specific_eoi_per_presentation() {
+    each_seed(Scenario::LevelEdge, |s| {
+        assert!(s.level_posts > 0);
+        assert_eq!(s.level_posts, s.level_eois, "{}", s.report("level-edge"));
+        assert_eq!(s.specific_eois, s.level_eois);
+    });
 }
 
 #[test]
