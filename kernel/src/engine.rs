@@ -195,6 +195,10 @@ pub struct VcpuEngine {
     notification_vector: u8,
     /// What the engine put in EVENTINJ for the run in flight.
     eventinj: Option<InEventInj>,
+    /// The APIC vector in EVENTINJ is a re-injection (EXITINTINFO): its
+    /// delivery had begun, so it is in service and never returns to IRR,
+    /// where a later instance would merge with it (issue 9 path 2).
+    eventinj_reinjected: bool,
     /// Vector queued in V_IRQ for the run in flight.
     virq: Option<u8>,
     /// V_TPR written before the run (a different value after the exit means
@@ -243,6 +247,7 @@ impl VcpuEngine {
             guest_vmpl: config.guest_vmpl,
             notification_vector: config.notification_vector,
             eventinj: None,
+            eventinj_reinjected: false,
             virq: None,
             written_v_tpr: 0,
             lazy_eoi_armed: false,
@@ -577,6 +582,7 @@ impl VcpuEngine {
             vmsa.set_event_inj(EventInj::external_interrupt(vector));
             self.apic.acknowledge(vector);
             self.eventinj = Some(InEventInj::Apic(vector));
+            self.eventinj_reinjected = false;
             bump(&mut self.counters.presented_eventinj);
         } else if !ctrl.v_irq() && rules::queue_v_irq(vmsa, vector).is_ok() {
             // V_INTR_PRIO = the vector's class, V_IGN_TPR = 0: hardware takes
@@ -721,9 +727,16 @@ impl VcpuEngine {
 
         // EVENTINJ still valid: not delivered.
         let presented = self.eventinj.take();
+        let reinjected = core::mem::take(&mut self.eventinj_reinjected);
         let mut nmi_outcome = None;
         let mut keep = None;
         match (presented, run.undelivered_event) {
+            // A re-injected vector stays in ISR and in EVENTINJ until the
+            // guest takes it: recalled to IRR it would merge with an
+            // instance still in the mailbox, drained at the next run.
+            (Some(InEventInj::Apic(v)), Some(ev)) if reinjected => {
+                keep = Some((ev, InEventInj::Apic(v)));
+            }
             (Some(InEventInj::Apic(v)), Some(ev)) => {
                 bump(&mut self.counters.recalled);
                 if !self.recall(v) {
@@ -772,6 +785,7 @@ impl VcpuEngine {
                         nmi_outcome = Some(NmiExit::Reinjected);
                     }
                     self.eventinj = Some(owner);
+                    self.eventinj_reinjected = matches!(owner, InEventInj::Apic(_));
                 }
                 Reinjection::Reinjected { event, .. } => {
                     // Not ours to deliver: take it out of EVENTINJ again
@@ -798,6 +812,7 @@ impl VcpuEngine {
             } else {
                 vmsa.set_event_inj(ev);
                 self.eventinj = Some(owner);
+                self.eventinj_reinjected = reinjected && matches!(owner, InEventInj::Apic(_));
             }
         }
 

@@ -123,6 +123,7 @@ impl VcpuEngine {
     /// did not happen (module doc, step 2); returns INT_SHADOW.
     fn take_back_presented<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V) -> bool {
         let ctrl = vmsa.vintr_ctrl();
+        self.eventinj_reinjected = false;
         match self.eventinj {
             Some(InEventInj::Apic(v)) => {
                 if self.recall(v) {

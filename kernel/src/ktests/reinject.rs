@@ -214,6 +214,31 @@ ktest::suite! {
         assert!(e.apic().isr().is_empty() && e.apic().irr().is_empty());
     }
 
+    fn reinjected_vector_is_not_merged_with_an_instance_drained_from_the_mailbox() {
+        let mut f = super::four_vcpus();
+        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
+        // 0x41's delivery is interrupted: re-injected, in ISR and EVENTINJ.
+        f.before_run(0).unwrap();
+        let vmsa = f.vmsa(0).unwrap();
+        hw_run(vmsa, GuestRun { interrupt_delivery: true, exit: ExitCode::NPF, ..GuestRun::NORMAL });
+        f.after_exit(0).unwrap();
+        f.before_run(0).unwrap();
+        // A second instance from vCPU 1 waits in vCPU 0's mailbox while the
+        // host returns without entering the guest (EVENTINJ untouched).
+        f.write_msr(1, 0x830, 0x41).unwrap();
+        f.vmsa(0).unwrap().set_exit_code(ExitCode::BUSY);
+        f.after_exit(0).unwrap();
+        // Both instances reach the guest, one after the other.
+        let d = f.cycle(0, GuestRun::NORMAL).unwrap();
+        assert!(is_intr(d.event, 0x41));
+        f.write_msr(0, 0x80B, 0).unwrap();
+        let d = f.cycle(0, GuestRun::NORMAL).unwrap();
+        assert!(is_intr(d.event, 0x41), "the second instance was merged away");
+        f.write_msr(0, 0x80B, 0).unwrap();
+        let e = f.engine(0).unwrap();
+        assert!(e.apic().isr().is_empty() && e.apic().irr().is_empty());
+    }
+
     fn exit_int_info_of_a_run_that_never_entered_the_guest_is_dropped() {
         let mut f = one_vcpu();
         f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
