@@ -8,7 +8,7 @@ NO_STD_TARGET := x86_64-unknown-none
 LIB_CRATES := -p vmsa -p doorbell -p apic -p kernel
 NIGHTLY ?= nightly
 
-.PHONY: all build test image-test soak lint fmt doc bench miri run sim fuzz loom clean
+.PHONY: all build test image-test soak lint fmt doc bench miri run sim fuzz loom clean linux-guest linux-direct
 
 all: build test
 
@@ -37,6 +37,16 @@ soak:
 image-test:
 	tests/image/run-tests.sh
 	tests/image/run-demo.sh idle-timer 4 1 50000
+
+# The Linux guest's parts: Debian's cloud kernel and busybox-static fetched with
+# apt-get download, unpacked with dpkg -x into target/linux (never installed),
+# and the initramfs built from tests/image/linux/init.sh.
+linux-guest:
+	tests/image/linux/initramfs.sh
+
+# The same guest booted directly by QEMU (no harness): the reference run.
+linux-direct:
+	tests/image/linux/run-direct.sh $(VCPUS)
 
 # Model checks of the lock-free doorbell and mailbox code (spec §3).
 loom:
