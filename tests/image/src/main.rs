@@ -62,6 +62,8 @@ extern "C" fn kmain(start_info: u32) -> ! {
         );
         demo::run(args)
     }
+    // The MMIO decoder (iced-x86) allocates its tables on first use.
+    demo::init_heap();
     println!("image: long mode up, TSC {tsc_per_ms} ticks/ms, filter {filter:?}");
     runner::run(filter)
 }

@@ -21,6 +21,7 @@ const GROUPS: &[&[&[Test]]] = &[
     &[apic::ktests::TESTS],
     kernel::ktests::ALL,
     &[crate::hv_tests::TESTS],
+    guest_boot::ktests::ALL,
 ];
 
 /// isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`); QEMU
