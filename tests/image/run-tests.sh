@@ -15,6 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 filter="${1:-}"
 case "$filter" in
     demo | demo\ *) echo "run-tests.sh: a filter starting with 'demo' selects the demo; use run-demo.sh" >&2; exit 2 ;;
+    svm | svm\ *) echo "run-tests.sh: a filter starting with 'svm' selects the SVM harness; use run-svm.sh" >&2; exit 2 ;;
 esac
 
 ensure_qemu

@@ -179,7 +179,13 @@ const EXCEPTION_NAMES: [&str; 32] = [
 #[unsafe(no_mangle)]
 extern "C" fn interrupt_dispatch(vector: u64, error_code: u64, rip: u64) {
     match vector {
+        v if v == u64::from(HV_VECTOR) && crate::svm::harness::active() => {
+            crate::svm::harness::on_hv()
+        }
         v if v == u64::from(HV_VECTOR) => hv::on_hv(),
+        v if v == u64::from(crate::svm::harness::HOST_TIMER_VECTOR) => {
+            crate::svm::harness::on_timer()
+        }
         // SDM vol. 3A §11.9: a spurious interrupt needs no EOI.
         v if v == u64::from(SPURIOUS_VECTOR) => {}
         _ => {

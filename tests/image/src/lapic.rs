@@ -99,3 +99,11 @@ pub fn pending(vector: u8) -> bool {
 pub fn eoi() {
     write(REG_EOI, 0);
 }
+
+const REG_ICR_LOW: usize = 0x300;
+
+/// Sends fixed `vector` to this CPU (ICR destination shorthand "self",
+/// SDM vol. 3A §11.6.1).
+pub fn self_ipi(vector: u8) {
+    write(REG_ICR_LOW, (0b01 << 18) | u32::from(vector));
+}

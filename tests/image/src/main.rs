@@ -35,6 +35,8 @@ mod lapic;
 #[cfg(target_os = "none")]
 mod runner;
 #[cfg(target_os = "none")]
+mod svm;
+#[cfg(target_os = "none")]
 mod time;
 
 /// Called by `boot` in long mode with the physical address of `hvm_start_info`.
@@ -61,6 +63,16 @@ extern "C" fn kmain(start_info: u32) -> ! {
             args.trim()
         );
         demo::run(args)
+    }
+    if let Some(args) = filter
+        .strip_prefix("svm")
+        .filter(|rest| rest.is_empty() || rest.starts_with(' '))
+    {
+        println!(
+            "image: long mode up, TSC {tsc_per_ms} ticks/ms, svm {:?}",
+            args.trim()
+        );
+        svm::main(args)
     }
     // The MMIO decoder (iced-x86) allocates its tables on first use.
     demo::init_heap();

@@ -21,6 +21,7 @@ const GROUPS: &[&[&[Test]]] = &[
     &[apic::ktests::TESTS],
     kernel::ktests::ALL,
     &[crate::hv_tests::TESTS],
+    &[crate::svm::quirks::TESTS, crate::svm::programs::TESTS],
     guest_boot::ktests::ALL,
 ];
 

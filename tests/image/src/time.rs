@@ -85,3 +85,8 @@ pub fn seconds_since(start: u64) -> f64 {
     let per_ms = TSC_PER_MS.load(Ordering::Relaxed).max(1);
     ticks as f64 / per_ms as f64 / 1000.0
 }
+
+/// The calibrated TSC rate, ticks per millisecond.
+pub fn tsc_per_ms() -> u64 {
+    TSC_PER_MS.load(Ordering::Relaxed)
+}
