@@ -107,3 +107,11 @@ const REG_ICR_LOW: usize = 0x300;
 pub fn self_ipi(vector: u8) {
     write(REG_ICR_LOW, (0b01 << 18) | u32::from(vector));
 }
+
+const REG_TMR: usize = 0x180;
+
+/// Whether the APIC accepted `vector` as level-triggered (TMR, SDM vol. 3A
+/// §11.8.4): the IOAPIC line stays asserted until this vector's EOI.
+pub fn level_triggered(vector: u8) -> bool {
+    vector_bit(REG_TMR, vector)
+}

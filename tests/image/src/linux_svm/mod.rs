@@ -1,0 +1,117 @@
+//! A real Linux kernel as the guest of the SVM harness (issue 13; see
+//! docs/testing.md, "The Linux guest"): Debian's cloud kernel boots from
+//! QEMU's loader-device staging area through the 64-bit boot protocol
+//! (`guest_boot::linux`) under nested paging, and every interrupt it takes
+//! is injected by the engine: its local APIC is the engine's (x2APIC MSRs,
+//! TSC deadline, APIC_BASE and, in xAPIC mode, the trapped APIC page), its
+//! devices are the machine's own (port I/O, IOAPIC, HPET passed through),
+//! and their interrupts reach it as the host's doorbell posts (`host`).
+//!
+//! - `setup`: guest memory, e820, NPT, I/O map, the VMCB;
+//! - `host`: device interrupts, #HV, the engine's platform;
+//! - `exits`: CPUID, port I/O, the MMIO decoder path;
+//! - `run`: the run loop; `report`: the figures.
+//!
+//! Command line: `linux VCPUS MODE KERNEL_LEN INITRD_LEN [hostile [SEED]]`
+//! with MODE `x2apic` (the APIC as firmware leaves it) or `xapic`
+//! (`tests/image/run-linux.sh`).
+
+pub mod exits;
+pub mod host;
+pub mod report;
+pub mod run;
+pub mod setup;
+
+use crate::runner;
+use crate::serial::println;
+
+pub use host::{active, on_device, on_hv};
+
+/// The kernel command line. Each option is there because of something the
+/// harness cannot do (docs/testing.md lists the reasons).
+pub const CMDLINE: &str = "console=ttyS0 x2apic_phys irqaffinity=0 panic=-1";
+
+/// One run's parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct LinuxConfig {
+    /// Guest vCPUs (all on this CPU, round-robin).
+    pub vcpus: usize,
+    /// Start with the APIC in x2APIC mode (else xAPIC).
+    pub x2apic: bool,
+    /// Bytes of the staged kernel file.
+    pub kernel_len: u64,
+    /// Bytes of the staged initramfs file.
+    pub initrd_len: u64,
+    /// Hostile host: spurious #HV, doorbell garbage, forged EXITINTINFO.
+    pub hostile: bool,
+    /// Seed of the hostile host's choices.
+    pub seed: u64,
+    /// The run counts as hung after this long.
+    pub limit_ms: u64,
+}
+
+fn usage() -> ! {
+    println!("usage: linux VCPUS x2apic|xapic KERNEL_LEN INITRD_LEN [hostile [SEED]]");
+    runner::exit(false)
+}
+
+/// The `linux` command line mode; exits QEMU with the verdict.
+pub fn main(args: &str) -> ! {
+    let mut words = args.split_whitespace();
+    let vcpus = words.next().and_then(|w| w.parse::<usize>().ok());
+    let mode = words.next();
+    let kernel_len = words.next().and_then(|w| w.parse::<u64>().ok());
+    let initrd_len = words.next().and_then(|w| w.parse::<u64>().ok());
+    let hostile = words.next() == Some("hostile");
+    let seed = words.next().and_then(|w| w.parse::<u64>().ok()).unwrap_or(1);
+    let (Some(vcpus), Some(mode), Some(kernel_len), Some(initrd_len)) =
+        (vcpus, mode, kernel_len, initrd_len)
+    else {
+        usage()
+    };
+    let x2apic = match mode {
+        "x2apic" => true,
+        "xapic" => false,
+        _ => usage(),
+    };
+    if !(1..=host::MAX_VCPUS).contains(&vcpus) {
+        usage()
+    }
+    let features = match crate::svm::init() {
+        Ok(f) => f,
+        Err(e) => runner::fail(format_args!("linux: {e}")),
+    };
+    if !features.npt {
+        runner::fail(format_args!("linux: no nested paging ({features:?})"));
+    }
+    let config = LinuxConfig {
+        vcpus,
+        x2apic,
+        kernel_len,
+        initrd_len,
+        hostile,
+        seed,
+        limit_ms: 600_000,
+    };
+    setup::build_npt_and_iopm();
+    let layout = match setup::load(kernel_len, initrd_len, CMDLINE) {
+        Ok(l) => l,
+        Err(e) => runner::fail(format_args!("linux: cannot load the kernel: {e:?}")),
+    };
+    println!(
+        "linux: kernel at {:#x} entry {:#x}, initrd {:#x}+{:#x}, zero page {:#x}, RAM up to {:#x}, \
+         {} vCPU(s), {} mode{}, cmdline {CMDLINE:?}",
+        layout.kernel,
+        layout.entry,
+        layout.initrd,
+        layout.initrd_len,
+        layout.zero_page,
+        setup::GUEST_RAM_END,
+        vcpus,
+        if x2apic { "x2APIC" } else { "xAPIC" },
+        if hostile { ", hostile host" } else { "" },
+    );
+    let report = run::run(config, &layout);
+    report.print();
+    runner::exit(report.pass)
+}

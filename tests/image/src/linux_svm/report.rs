@@ -1,0 +1,299 @@
+//! What a Linux run measured, and its verdict: interrupts injected by kind
+//! and path, VMRUNs and protocol calls per delivered interrupt, boot time,
+//! the longest device-interrupt injection latency.
+
+use core::sync::atomic::Ordering;
+
+use kernel::{Counters, VcpuEngine};
+
+use super::LinuxConfig;
+use super::host;
+use crate::serial::{print, println};
+use crate::svm::hw::exit;
+use crate::svm::vmcb::Vcpu;
+use crate::time;
+
+/// How the run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Still running (never reported).
+    Running,
+    /// The guest powered off through ACPI: the expected end.
+    PowerOff,
+    /// Triple fault.
+    Shutdown,
+    /// The time limit passed.
+    Hang,
+    /// An exit the harness does not serve.
+    BadExit,
+    /// The engine reported a fatal error.
+    Fatal,
+}
+
+/// The figures of one run.
+pub struct Report {
+    cfg: LinuxConfig,
+    pub stop: Stop,
+    pub tsc: u64,
+    pub bad_exit: u64,
+    pub bad_rip: u64,
+    pub idles: u64,
+    pub refused: u64,
+    pub mmio: u64,
+    pub garbage: u64,
+    pub forged: u64,
+    exits: [(u64, u64); 10],
+    eoi_calls: u64,
+    deadline_calls: u64,
+    icr_calls: u64,
+    other_calls: u64,
+    max_latency: u64,
+    latencies: u64,
+    total: Counters,
+    vmruns: u64,
+    virq_withheld: u64,
+    virq_cut: u64,
+    kicks: u64,
+    pub pass: bool,
+    last_msr: u64,
+}
+
+const EXIT_NAMES: [(u64, &str); 10] = [
+    (exit::INTR, "intr"),
+    (exit::HLT, "hlt"),
+    (exit::MSR, "msr"),
+    (0x72, "cpuid"),
+    (0x7B, "ioio"),
+    (exit::NPF, "npf"),
+    (exit::VMMCALL, "vmmcall"),
+    (exit::NMI, "nmi"),
+    (exit::BUSY, "busy"),
+    (u64::MAX - 2, "other"),
+];
+
+impl Report {
+    /// An empty report for `cfg`.
+    pub fn new(cfg: LinuxConfig) -> Self {
+        Self {
+            cfg,
+            stop: Stop::Running,
+            tsc: 0,
+            bad_exit: 0,
+            bad_rip: 0,
+            idles: 0,
+            refused: 0,
+            mmio: 0,
+            garbage: 0,
+            forged: 0,
+            exits: EXIT_NAMES.map(|(c, _)| (c, 0)),
+            eoi_calls: 0,
+            deadline_calls: 0,
+            icr_calls: 0,
+            other_calls: 0,
+            max_latency: 0,
+            latencies: 0,
+            total: Counters::default(),
+            vmruns: 0,
+            virq_withheld: 0,
+            virq_cut: 0,
+            kicks: 0,
+            pass: false,
+            last_msr: 0,
+        }
+    }
+
+    /// Counts one exit by code.
+    pub fn count_exit(&mut self, code: u64) {
+        let slot = self
+            .exits
+            .iter()
+            .position(|&(c, _)| c == code)
+            .unwrap_or(self.exits.len().saturating_sub(1));
+        if let Some((_, n)) = self.exits.get_mut(slot) {
+            *n = n.saturating_add(1);
+        }
+    }
+
+    /// Counts one protocol-3 register call by kind.
+    pub fn count_protocol(&mut self, msr: u64, write: bool) {
+        self.last_msr = msr | (u64::from(write) << 32);
+        let c = match (msr, write) {
+            (0x80B, true) => &mut self.eoi_calls,
+            (0x6E0, true) => &mut self.deadline_calls,
+            (0x830, true) => &mut self.icr_calls,
+            _ => &mut self.other_calls,
+        };
+        *c = c.saturating_add(1);
+    }
+
+    /// A vector presented at `now`: if a device post of it is outstanding,
+    /// its request-to-presentation latency.
+    pub fn note_presented(&mut self, vector: u8, now: u64) {
+        if let Some(t) = host::POSTED_AT.get(usize::from(vector)) {
+            let at = t.swap(0, Ordering::SeqCst);
+            if at != 0 {
+                self.max_latency = self.max_latency.max(now.saturating_sub(at));
+                self.latencies = self.latencies.saturating_add(1);
+            }
+        }
+    }
+
+    /// Adds one vCPU's engine counters and VMRUN figures.
+    pub fn add_vcpu(&mut self, engine: &VcpuEngine, vcpu: &Vcpu, kicks: u64) {
+        let c = engine.counters();
+        let t = &mut self.total;
+        t.presented_eventinj = t.presented_eventinj.saturating_add(c.presented_eventinj);
+        t.presented_virq = t.presented_virq.saturating_add(c.presented_virq);
+        t.virq_acknowledged = t.virq_acknowledged.saturating_add(c.virq_acknowledged);
+        t.recalled = t.recalled.saturating_add(c.recalled);
+        t.reinjected = t.reinjected.saturating_add(c.reinjected);
+        t.forged_exit_events = t.forged_exit_events.saturating_add(c.forged_exit_events);
+        t.host_vectors_accepted = t.host_vectors_accepted.saturating_add(c.host_vectors_accepted);
+        t.host_vectors_rejected = t.host_vectors_rejected.saturating_add(c.host_vectors_rejected);
+        t.host_level_eois = t.host_level_eois.saturating_add(c.host_level_eois);
+        t.ipis_sent = t.ipis_sent.saturating_add(c.ipis_sent);
+        t.icrs_refused = t.icrs_refused.saturating_add(c.icrs_refused);
+        t.nmis_injected = t.nmis_injected.saturating_add(c.nmis_injected);
+        t.timer_fires = t.timer_fires.saturating_add(c.timer_fires);
+        t.busy_repairs = t.busy_repairs.saturating_add(c.busy_repairs);
+        t.platform_errors = t.platform_errors.saturating_add(c.platform_errors);
+        t.spurious_hv = t.spurious_hv.saturating_add(c.spurious_hv);
+        t.protocol_calls = t.protocol_calls.saturating_add(c.protocol_calls);
+        t.kicks_sent = t.kicks_sent.saturating_add(c.kicks_sent);
+        self.vmruns = self.vmruns.saturating_add(vcpu.fixups.vmruns);
+        self.virq_withheld = self.virq_withheld.saturating_add(vcpu.fixups.virq_withheld);
+        self.virq_cut = self.virq_cut.saturating_add(vcpu.fixups.virq_cut_as_exception);
+        self.kicks = self.kicks.saturating_add(kicks);
+        if engine.fatal().is_some() {
+            self.stop = Stop::Fatal;
+        }
+    }
+
+    /// Interrupts the guest took: EVENTINJ presentations not recalled plus
+    /// V_IRQ entries it acknowledged (recalls are of EVENTINJ or of a V_IRQ
+    /// not taken, so this slightly undercounts when both happen).
+    pub fn delivered(&self) -> u64 {
+        let t = &self.total;
+        t.presented_eventinj
+            .saturating_add(t.virq_acknowledged)
+            .saturating_sub(t.recalled.min(t.presented_eventinj))
+    }
+
+    /// The verdict: the guest powered off, and the engine reported nothing
+    /// a correct host and guest cannot cause.
+    pub fn verdict(&mut self) {
+        let t = &self.total;
+        let clean = t.platform_errors == 0
+            && (self.cfg.hostile || (t.forged_exit_events == 0 && t.host_vectors_rejected == 0));
+        self.pass = self.stop == Stop::PowerOff && clean;
+    }
+
+    /// A progress line while the guest runs.
+    pub fn progress(&self, rip: u64, halted: bool) {
+        let device: u64 = host::DEVICE_IRQS
+            .iter()
+            .map(|c| u64::from(c.load(Ordering::Relaxed)))
+            .sum();
+        print!("linux: progress: vCPU 0 rip {rip:#x}{} exits", if halted { " (halted)" } else { "" });
+        for ((_, n), (_, name)) in self.exits.iter().zip(EXIT_NAMES.iter()) {
+            if *n != 0 {
+                print!(" {name} {n}");
+            }
+        }
+        println!(
+            ", device irqs {device}, #HV {}, EOI calls {}, deadline calls {}, last MSR {:#x}, refused {}",
+            host::HV_TAKEN.load(Ordering::Relaxed),
+            self.eoi_calls,
+            self.deadline_calls,
+            self.last_msr,
+            self.refused
+        );
+    }
+
+    /// Prints the table (`linux: ...` lines) and the verdict.
+    pub fn print(&self) {
+        let t = &self.total;
+        let ms = self.tsc / time::tsc_per_ms().max(1);
+        let delivered = self.delivered();
+        let per = |x: u64| (x as f64) / (delivered.max(1) as f64);
+        println!("linux: stopped: {:?} after {ms} ms (host TSC), {} vCPU(s)", self.stop, self.cfg.vcpus);
+        if matches!(self.stop, Stop::BadExit | Stop::Shutdown) {
+            println!("linux: exit {:#x} at {:#x}", self.bad_exit, self.bad_rip);
+        }
+        print!("linux: exits:");
+        for ((_, n), (_, name)) in self.exits.iter().zip(EXIT_NAMES.iter()) {
+            print!(" {name} {n}");
+        }
+        println!(", host idles {}", self.idles);
+        let device: u64 = host::DEVICE_IRQS
+            .iter()
+            .map(|c| u64::from(c.load(Ordering::Relaxed)))
+            .sum();
+        println!(
+            "linux: injected by kind: timer {} (engine APIC timer), IPI {} (guest ICR writes), \
+             device {} (host vectors accepted; {device} taken on the real LAPIC, {} level, {} \
+             level EOIs released), NMI {}",
+            t.timer_fires,
+            t.ipis_sent,
+            t.host_vectors_accepted,
+            host::LEVEL_IRQS.load(Ordering::Relaxed),
+            host::LEVEL_EOIS.load(Ordering::Relaxed),
+            t.nmis_injected
+        );
+        print!("linux: device vectors:");
+        for (v, c) in host::DEVICE_IRQS.iter().enumerate() {
+            let c = c.load(Ordering::Relaxed);
+            if c != 0 {
+                print!(" {v:#x}x{c}");
+            }
+        }
+        println!("");
+        println!(
+            "linux: by path: EVENTINJ {}, V_IRQ {} (taken {}), recalled {}, re-injected {}, \
+             delivered {delivered}",
+            t.presented_eventinj, t.presented_virq, t.virq_acknowledged, t.recalled, t.reinjected
+        );
+        println!(
+            "linux: VMRUNs {} = {:.2} per delivered interrupt; protocol calls {} = {:.2} per \
+             interrupt (EOI {}, TSC deadline {}, ICR {}, other {}); xAPIC MMIO traps {}",
+            self.vmruns,
+            per(self.vmruns),
+            t.protocol_calls,
+            per(t.protocol_calls),
+            self.eoi_calls,
+            self.deadline_calls,
+            self.icr_calls,
+            self.other_calls,
+            self.mmio
+        );
+        println!(
+            "linux: #HV taken {} (spurious raised {}), kicks {}, longest device injection \
+             latency {} us over {} posts; refused calls {}; QEMU fix-ups: V_IRQ withheld {}, \
+             V_IRQ cut as exception {}",
+            host::HV_TAKEN.load(Ordering::Relaxed),
+            host::HV_SPURIOUS.load(Ordering::Relaxed),
+            self.kicks,
+            tsc_to_us(self.max_latency),
+            self.latencies,
+            self.refused,
+            self.virq_withheld,
+            self.virq_cut
+        );
+        if self.cfg.hostile {
+            println!(
+                "linux: hostile host: garbage posts {}, forged EXITINTINFO {}, engine dropped {} \
+                 forged events and rejected {} host vectors",
+                self.garbage, self.forged, t.forged_exit_events, t.host_vectors_rejected
+            );
+        }
+        println!(
+            "linux: busy repairs {}, platform errors {}, spurious #HV entries {}",
+            t.busy_repairs, t.platform_errors, t.spurious_hv
+        );
+        println!("linux: {}", if self.pass { "PASS" } else { "FAIL" });
+    }
+}
+
+fn tsc_to_us(ticks: u64) -> u64 {
+    ticks.saturating_mul(1000) / time::tsc_per_ms().max(1)
+}

@@ -1,0 +1,457 @@
+//! The Linux guest's run loop: per vCPU the docs/integration.md loop
+//! (`before_run` -> VMRUN -> `after_exit` -> exit handling) on a real VMCB,
+//! with VMLOAD/VMSAVE around VMRUN (Linux owns FS/GS/TR and the SYSCALL
+//! MSRs), all vCPUs round-robin on this CPU.
+
+use core::arch::asm;
+
+use apic::ApicConfig;
+use guest_boot::linux::bootparams::Layout;
+use kernel::protocol::{ApicCall, ResultCode};
+use kernel::{EngineConfig, Env, Fabric, VcpuEngine};
+use vmsa::{EventInj, VmsaAccess};
+
+use super::host::{self, DOORBELLS, GUEST_VMPL, LinuxPlatform, MAX_VCPUS, SLOTS};
+use super::report::{Report, Stop};
+use super::{LinuxConfig, exits, setup};
+use crate::svm::harness::{HOST_TIMER_VECTOR, Rng};
+use crate::svm::hw::{self, Page, exit, off};
+use crate::svm::vmcb::{self, Vcpu};
+use crate::{cpu, lapic, time};
+
+/// Interval of the progress line.
+const PROGRESS_MS: u64 = 5_000;
+/// Time slice of a vCPU when several share the CPU.
+const SLICE_NS: u64 = 1_000_000;
+/// APIC_BASE as firmware leaves the BSP in x2APIC mode (SDM vol. 3A §11.12.5).
+const APIC_BASE_X2APIC: u64 = 0xFEE0_0000 | (1 << 11) | (1 << 10);
+/// Exit code of CPUID and IOIO (APM vol. 2 appendix C).
+const EXIT_CPUID: u64 = 0x72;
+const EXIT_IOIO: u64 = 0x7B;
+/// SLP_EN in PM1 control (ACPI 6.5 §4.8.3.2.1).
+const SLP_EN: u32 = 1 << 13;
+
+/// The host's VMSAVE area (FS, GS, TR, LDTR, SYSCALL MSRs of the host).
+static HOST_SAVE: Page = Page::new();
+
+fn vmsave(pa: u64) {
+    // SAFETY: `pa` is a page-aligned VMCB-format save area of this image;
+    // VMSAVE only writes it (SVM enabled by `svm::init`).
+    unsafe { asm!("vmsave rax", in("rax") pa, options(nostack)) };
+}
+
+fn vmload(pa: u64) {
+    // SAFETY: `pa` holds state a VMSAVE stored (host) or the guest's VMCB
+    // (guest state); interrupts are masked until the host's is back.
+    unsafe { asm!("vmload rax", in("rax") pa, options(nostack)) };
+}
+
+/// Everything one run owns.
+struct World<'a> {
+    cfg: LinuxConfig,
+    vcpus: &'a mut [Vcpu],
+    engines: &'a mut [VcpuEngine],
+    platforms: &'a [LinuxPlatform],
+    halted: [bool; MAX_VCPUS],
+    started: [bool; MAX_VCPUS],
+    rng: Rng,
+    report: Report,
+}
+
+/// Boots the loaded kernel and runs it until it powers off, hangs or fails.
+pub fn run(cfg: LinuxConfig, layout: &Layout) -> Report {
+    let n = cfg.vcpus.clamp(1, MAX_VCPUS);
+    let mut vcpus: [Vcpu; MAX_VCPUS] = [const { Vcpu::new() }; MAX_VCPUS];
+    let platforms: [LinuxPlatform; MAX_VCPUS] = [const { LinuxPlatform::new() }; MAX_VCPUS];
+    let tpb = (time::tsc_per_ms() / 1_000_000).max(1) as u32;
+    let mut engines: [VcpuEngine; MAX_VCPUS] = core::array::from_fn(|k| {
+        let config = EngineConfig {
+            index: k,
+            host_apic_id: 0,
+            apic: ApicConfig {
+                apic_id: k as u32,
+                bsp: k == 0,
+                ticks_per_bus_cycle: tpb,
+                directed_eoi: false,
+            },
+            guest_vmpl: GUEST_VMPL,
+            notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
+            emulate: true,
+        };
+        match VcpuEngine::new(config, Fabric::new(&SLOTS)) {
+            Ok(e) => e,
+            Err(e) => crate::runner::fail(format_args!("linux: engine {k}: {e:?}")),
+        }
+    });
+    for (k, engine) in engines.iter_mut().enumerate() {
+        // Linux never calls CONFIGURE_VECTOR: the SVSM opens every host
+        // vector at creation (docs/integration.md).
+        engine.apic_mut().set_all_host_vectors_allowed(true);
+        if cfg.x2apic {
+            let bsp = if k == 0 { 1 << 8 } else { 0 };
+            let _ = engine.apic_mut().set_apic_base(APIC_BASE_X2APIC | bsp);
+        }
+    }
+    if let Some(v) = vcpus.first_mut() {
+        setup::init_vmcb(&v.vmcb, layout);
+        v.gprs.rsi = layout.zero_page;
+        v.sev_features.store(
+            (vmsa::SevFeatures::SNP_ACTIVE | vmsa::SevFeatures::ALTERNATE_INJECTION).bits(),
+            core::sync::atomic::Ordering::SeqCst,
+        );
+    }
+    let mut world = World {
+        cfg,
+        vcpus: vcpus.get_mut(..n).unwrap_or_default(),
+        engines: engines.get_mut(..n).unwrap_or_default(),
+        platforms: platforms.get(..n).unwrap_or_default(),
+        halted: [false; MAX_VCPUS],
+        started: [false; MAX_VCPUS],
+        rng: Rng::new(cfg.seed),
+        report: Report::new(cfg),
+    };
+    if let Some(s) = world.started.first_mut() {
+        *s = true;
+    }
+    cpu::cli();
+    host::activate(true);
+    let started = cpu::rdtsc();
+    world.main_loop();
+    world.report.tsc = cpu::rdtsc().saturating_sub(started);
+    lapic::stop_timer();
+    hw::irq_window();
+    cpu::cli();
+    host::activate(false);
+    world.finish();
+    world.report
+}
+
+fn tsc_to_ns(ticks: u64) -> u64 {
+    ticks.saturating_mul(1_000_000) / time::tsc_per_ms().max(1)
+}
+
+/// Arms the host timer (vector 22) for the earliest engine deadline or the
+/// end of the slice.
+fn arm_host_timer(platforms: &[LinuxPlatform], slice: bool) {
+    let now = cpu::rdtsc();
+    let slice_end = if slice {
+        now.saturating_add(SLICE_NS.saturating_mul(time::tsc_per_ms()) / 1_000_000)
+    } else {
+        u64::MAX
+    };
+    let next = platforms
+        .iter()
+        .filter_map(|p| p.deadline.get())
+        .fold(slice_end, u64::min);
+    if next == u64::MAX {
+        lapic::stop_timer();
+        return;
+    }
+    let ns = tsc_to_ns(next.saturating_sub(now)).clamp(1_000, u64::from(u32::MAX));
+    lapic::start_timer(HOST_TIMER_VECTOR, ns as u32, false);
+}
+
+impl<'a> World<'a> {
+    fn env(&self, k: usize) -> Option<Env<'a, LinuxPlatform>> {
+        Some(Env {
+            platform: self.platforms.get(k)?,
+            fabric: Fabric::new(&SLOTS),
+            doorbell: DOORBELLS.get(k)?,
+            caa_no_eoi: None,
+        })
+    }
+
+    fn main_loop(&mut self) {
+        let n = self.cfg.vcpus;
+        let limit = time::Deadline::after_ms(self.cfg.limit_ms);
+        let mut progress = time::Deadline::after_ms(PROGRESS_MS);
+        loop {
+            if limit.passed() {
+                self.report.stop = Stop::Hang;
+                return;
+            }
+            if progress.passed() {
+                progress = time::Deadline::after_ms(PROGRESS_MS);
+                let rip = self.vcpus.first().map_or(0, Vcpu::rip);
+                let halted = self.halted.first().copied().unwrap_or(false);
+                self.report.progress(rip, halted);
+            }
+            hw::irq_window();
+            let mut ran = false;
+            for k in 0..n {
+                if !self.started.get(k).copied().unwrap_or(false) {
+                    continue;
+                }
+                match self.cycle(k) {
+                    Ok(r) => ran |= r,
+                    Err(stop) => {
+                        self.report.stop = stop;
+                        return;
+                    }
+                }
+                hw::irq_window();
+            }
+            if !ran {
+                arm_host_timer(self.platforms, false);
+                self.report.idles = self.report.idles.saturating_add(1);
+                hw::idle();
+            }
+        }
+    }
+
+    /// One pass of vCPU `k`'s run loop; false when it stayed halted.
+    fn cycle(&mut self, k: usize) -> Result<bool, Stop> {
+        if self.cfg.hostile {
+            self.hostile_before(k);
+        }
+        let Some(env) = self.env(k) else {
+            return Err(Stop::Fatal);
+        };
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+            return Err(Stop::Fatal);
+        };
+        if engine.before_run(&env, vcpu).is_err() {
+            return Err(Stop::Fatal);
+        }
+        let presented = presented_vector(vcpu);
+        if let Some(v) = presented {
+            self.report.note_presented(v, cpu::rdtsc());
+        }
+        if let Some(halted) = self.halted.get_mut(k)
+            && *halted
+        {
+            if presented.is_none() && !vcpu.event_inj().valid() {
+                return Ok(false);
+            }
+            *halted = false;
+        }
+        arm_host_timer(self.platforms, self.cfg.vcpus > 1);
+        vmsave(HOST_SAVE.pa());
+        vmload(vcpu.vmcb.pa());
+        let code = vmcb::run(vcpu);
+        vmsave(vcpu.vmcb.pa());
+        vmload(HOST_SAVE.pa());
+        // The first run flushed the TLB; later ones keep it.
+        vcpu.vmcb.set(off::ASID, 1);
+        if self.cfg.hostile {
+            self.hostile_after(k);
+        }
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+            return Err(Stop::Fatal);
+        };
+        if engine.after_exit(&env, vcpu).is_err() {
+            return Err(Stop::Fatal);
+        }
+        self.report.count_exit(code);
+        self.handle_exit(k, code)?;
+        Ok(true)
+    }
+
+    fn handle_exit(&mut self, k: usize, code: u64) -> Result<(), Stop> {
+        let Some(vcpu) = self.vcpus.get_mut(k) else {
+            return Err(Stop::Fatal);
+        };
+        match code {
+            exit::HLT => {
+                vcpu.skip(1);
+                if let Some(h) = self.halted.get_mut(k) {
+                    *h = true;
+                }
+                Ok(())
+            }
+            exit::MSR => {
+                let msr = vcpu.gprs.rcx & 0xFFFF_FFFF;
+                let write = vcpu.exit_info_1() & 1 != 0;
+                let value = (vcpu.gprs.rdx << 32) | (vcpu.rax() & 0xFFFF_FFFF);
+                let read = self.apic_access(k, msr, write.then_some(value));
+                if let (Some(vcpu), Some(got)) = (self.vcpus.get_mut(k), read) {
+                    if let Some(v) = got {
+                        vcpu.set_rax(v & 0xFFFF_FFFF);
+                        vcpu.gprs.rdx = v >> 32;
+                    }
+                    vcpu.skip(2);
+                }
+                Ok(())
+            }
+            EXIT_CPUID => {
+                exits::on_cpuid(vcpu, k as u32);
+                Ok(())
+            }
+            EXIT_IOIO => self.port_io(k),
+            exit::NPF => self.npf(k),
+            exit::VMMCALL => {
+                // No paravirtual interface: KVM's -KVM_ENOSYS.
+                vcpu.set_rax((-1000i64) as u64);
+                vcpu.skip(3);
+                Ok(())
+            }
+            exit::INTR | exit::NMI | exit::BUSY => Ok(()),
+            exit::SHUTDOWN => {
+                self.report.bad_rip = vcpu.rip();
+                Err(Stop::Shutdown)
+            }
+            other => {
+                self.report.bad_exit = other;
+                self.report.bad_rip = vcpu.rip();
+                Err(Stop::BadExit)
+            }
+        }
+    }
+
+    /// An APIC register access (RDMSR/WRMSR, or decoded xAPIC MMIO as MSR
+    /// 0x800 + offset / 16) through the engine's protocol path. Returns the
+    /// value read (`Some(None)` for a completed write); `None` when the
+    /// engine refused it, after injecting #GP as the guest's #VC handler
+    /// would.
+    fn apic_access(&mut self, k: usize, msr: u64, write: Option<u64>) -> Option<Option<u64>> {
+        let env = self.env(k)?;
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+            return None;
+        };
+        let call = match write {
+            Some(value) => ApicCall::WriteRegister { msr, value },
+            None => ApicCall::ReadRegister { msr },
+        };
+        self.report.count_protocol(msr, write.is_some());
+        let result = engine.handle_apic_call(&env, vcpu, call);
+        if result.code != ResultCode::Success {
+            self.report.refused = self.report.refused.saturating_add(1);
+            if !vcpu.event_inj().valid() {
+                vcpu.set_event_inj(EventInj::exception(13, Some(0)));
+            }
+            return None;
+        }
+        Some(if write.is_some() { None } else { Some(result.rdx.unwrap_or(0)) })
+    }
+
+    fn port_io(&mut self, k: usize) -> Result<(), Stop> {
+        let Some(vcpu) = self.vcpus.get_mut(k) else {
+            return Err(Stop::Fatal);
+        };
+        let io = exits::port_io(vcpu.exit_info_1());
+        let next_rip = vcpu.exit_info_2();
+        if io.string {
+            self.report.bad_exit = EXIT_IOIO;
+            return Err(Stop::BadExit);
+        }
+        let value = vcpu.rax() as u32;
+        if !io.input && io.port == setup::PM1A_CNT && value & SLP_EN != 0 {
+            // ACPI power-off (S5): the guest is done.
+            return Err(Stop::PowerOff);
+        }
+        let got = exits::port_passthrough(io, value);
+        if io.input {
+            let mask = match io.size {
+                1 => 0xFF,
+                2 => 0xFFFF,
+                _ => 0xFFFF_FFFF,
+            };
+            vcpu.set_rax((vcpu.rax() & !mask) | (u64::from(got) & mask));
+        }
+        vcpu.set_rip(next_rip);
+        Ok(())
+    }
+
+    /// #NPF: an access to the APIC's unmapped 2 MiB (xAPIC MMIO) is decoded
+    /// and served through the engine; anything else stops the run.
+    fn npf(&mut self, k: usize) -> Result<(), Stop> {
+        let Some(vcpu) = self.vcpus.get_mut(k) else {
+            return Err(Stop::Fatal);
+        };
+        let gpa = vcpu.exit_info_2();
+        if gpa & !0xFFF != setup::APIC_REGION {
+            self.report.bad_exit = exit::NPF;
+            self.report.bad_rip = gpa;
+            return Err(Stop::BadExit);
+        }
+        let Some(insn) = exits::decode_at_rip(vcpu) else {
+            self.report.bad_exit = exit::NPF;
+            self.report.bad_rip = vcpu.rip();
+            return Err(Stop::BadExit);
+        };
+        self.report.mmio = self.report.mmio.saturating_add(1);
+        let offset = gpa & 0xFFF;
+        let msr = 0x800 | (offset >> 4);
+        let write = exits::mmio_write_value(vcpu, &insn);
+        let dest = exits::mmio_read_dest(&insn);
+        if insn.size != 4 || offset & 0xF != 0 {
+            // Not a register access the APIC defines: reads give 0, writes
+            // are dropped (SDM vol. 3A §11.4.1: 32-bit aligned accesses only).
+            if let Some(d) = dest {
+                exits::set_gpr(vcpu, d, 0);
+            }
+            vcpu.skip(u64::from(insn.len));
+            return Ok(());
+        }
+        if dest.is_some() {
+            let got = self.apic_access(k, msr, None);
+            let (Some(vcpu), Some(d)) = (self.vcpus.get_mut(k), dest) else {
+                return Err(Stop::Fatal);
+            };
+            match got {
+                Some(Some(v)) => exits::set_gpr(vcpu, d, v & 0xFFFF_FFFF),
+                _ => return Ok(()),
+            }
+        }
+        if let Some(v) = write
+            && self.apic_access(k, msr, Some(v & 0xFFFF_FFFF)).is_none()
+        {
+            return Ok(());
+        }
+        if let Some(vcpu) = self.vcpus.get_mut(k) {
+            vcpu.skip(u64::from(insn.len));
+        }
+        Ok(())
+    }
+
+    /// Hostile host, before the run: spurious #HV and garbage posts.
+    fn hostile_before(&mut self, k: usize) {
+        match self.rng.below(16) {
+            0 => host::spurious_hv(k),
+            1 => {
+                // A vector the engine must refuse (0-30) posted as garbage.
+                let v = self.rng.below(31) as u8;
+                if let Some(page) = DOORBELLS.get(k) {
+                    let _ = page.host().post_vector(GUEST_VMPL, v);
+                    self.report.garbage = self.report.garbage.saturating_add(1);
+                }
+                host::signal(k);
+            }
+            _ => {}
+        }
+    }
+
+    /// Hostile host, after the exit: a forged EXITINTINFO (an external
+    /// interrupt or NMI the engine never presented) when the CPU left none.
+    fn hostile_after(&mut self, k: usize) {
+        let Some(vcpu) = self.vcpus.get_mut(k) else { return };
+        if vcpu.exit_int_info().valid() || self.rng.below(8) != 0 {
+            return;
+        }
+        let forged = if self.rng.below(4) == 0 {
+            EventInj::nmi()
+        } else {
+            EventInj::external_interrupt(32 + self.rng.below(224) as u8)
+        };
+        vcpu.set_exit_int_info(forged);
+        self.report.forged = self.report.forged.saturating_add(1);
+    }
+
+    fn finish(&mut self) {
+        for (k, (engine, vcpu)) in self.engines.iter().zip(self.vcpus.iter()).enumerate() {
+            let kicks = self.platforms.get(k).map_or(0, |p| p.kicks.get());
+            self.report.add_vcpu(engine, vcpu, kicks);
+        }
+        self.report.verdict();
+    }
+}
+
+/// The vector `before_run` presented, through EVENTINJ or V_IRQ.
+fn presented_vector(vcpu: &Vcpu) -> Option<u8> {
+    let ev = vcpu.event_inj();
+    if ev.valid() && ev.event_type() == vmsa::EventType::Intr {
+        return Some(ev.vector());
+    }
+    let ctrl = vcpu.vintr_ctrl();
+    ctrl.v_irq().then(|| ctrl.v_intr_vector())
+}
