@@ -13,8 +13,9 @@
 //! - `run`: the run loop; `report`: the figures.
 //!
 //! Command line: `linux VCPUS MODE KERNEL_LEN INITRD_LEN [hostile [SEED]]`
-//! with MODE `x2apic` (the APIC as firmware leaves it) or `xapic`
-//! (`tests/image/run-linux.sh`).
+//! with MODE `x2apic` (the APIC as firmware leaves it), `xapic` (Linux
+//! switches to x2APIC itself) or `xapic-mmio` (`nox2apic`: Linux stays in
+//! xAPIC mode, every APIC access an MMIO trap) (`tests/image/run-linux.sh`).
 
 pub mod exits;
 pub mod host;
@@ -30,6 +31,9 @@ pub use host::{active, on_device, on_hv};
 /// The kernel command line. Each option is there because of something the
 /// harness cannot do (docs/testing.md lists the reasons).
 pub const CMDLINE: &str = "console=ttyS0 x2apic_phys irqaffinity=0 panic=-1";
+/// The same with `nox2apic`: Linux keeps the xAPIC, so every APIC access
+/// is a trapped MMIO access decoded by the harness (mode `xapic-mmio`).
+pub const CMDLINE_NOX2APIC: &str = "console=ttyS0 x2apic_phys irqaffinity=0 panic=-1 nox2apic";
 
 /// One run's parameters.
 #[derive(Clone, Copy, Debug)]
@@ -51,7 +55,7 @@ pub struct LinuxConfig {
 }
 
 fn usage() -> ! {
-    println!("usage: linux VCPUS x2apic|xapic KERNEL_LEN INITRD_LEN [hostile [SEED]]");
+    println!("usage: linux VCPUS x2apic|xapic|xapic-mmio KERNEL_LEN INITRD_LEN [hostile [SEED]]");
     runner::exit(false)
 }
 
@@ -69,9 +73,10 @@ pub fn main(args: &str) -> ! {
     else {
         usage()
     };
-    let x2apic = match mode {
-        "x2apic" => true,
-        "xapic" => false,
+    let (x2apic, cmdline) = match mode {
+        "x2apic" => (true, CMDLINE),
+        "xapic" => (false, CMDLINE),
+        "xapic-mmio" => (false, CMDLINE_NOX2APIC),
         _ => usage(),
     };
     if !(1..=host::MAX_VCPUS).contains(&vcpus) {
@@ -94,13 +99,18 @@ pub fn main(args: &str) -> ! {
         limit_ms: 600_000,
     };
     setup::build_npt_and_iopm();
-    let layout = match setup::load(kernel_len, initrd_len, CMDLINE) {
+    // In xAPIC mode Linux programs the IOAPIC with flat logical destinations
+    // (bit 0 = its CPU 0, where `irqaffinity=0` sends every line); the real
+    // LAPIC of the CPU running all vCPUs must answer to that bit. In x2APIC
+    // mode (`x2apic_phys`) the destination is APIC ID 0, this CPU's.
+    crate::lapic::set_flat_logical_id(0);
+    let layout = match setup::load(kernel_len, initrd_len, cmdline) {
         Ok(l) => l,
         Err(e) => runner::fail(format_args!("linux: cannot load the kernel: {e:?}")),
     };
     println!(
         "linux: kernel at {:#x} entry {:#x}, initrd {:#x}+{:#x}, zero page {:#x}, RAM up to {:#x}, \
-         {} vCPU(s), {} mode{}, cmdline {CMDLINE:?}",
+         {} vCPU(s), {} mode{}, cmdline {cmdline:?}",
         layout.kernel,
         layout.entry,
         layout.initrd,
