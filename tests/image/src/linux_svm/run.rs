@@ -214,9 +214,7 @@ impl<'a> World<'a> {
             return Err(Stop::Fatal);
         }
         let presented = presented_vector(vcpu);
-        if let Some(v) = presented {
-            self.report.note_presented(v, cpu::rdtsc());
-        }
+        let before = (vcpu.event_inj(), vcpu.vintr_ctrl());
         if let Some(halted) = self.halted.get_mut(k)
             && *halted
         {
@@ -231,6 +229,7 @@ impl<'a> World<'a> {
         let code = vmcb::run(vcpu);
         vmsave(vcpu.vmcb.pa());
         vmload(HOST_SAVE.pa());
+        self.report.note_run(before, vcpu, cpu::rdtsc());
         // The first run flushed the TLB; later ones keep it.
         vcpu.vmcb.set(off::ASID, 1);
         if self.cfg.hostile {
