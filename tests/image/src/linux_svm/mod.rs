@@ -10,6 +10,7 @@
 //! - `setup`: guest memory, e820, NPT, I/O map, the VMCB;
 //! - `host`: device interrupts, #HV, the engine's platform;
 //! - `exits`: CPUID, port I/O, the MMIO decoder path;
+//! - `smp`: vCPU creation, Linux's INIT/SIPI served as AP creation;
 //! - `run`: the run loop; `report`: the figures.
 //!
 //! Command line: `linux VCPUS MODE KERNEL_LEN INITRD_LEN [hostile [SEED]]`
@@ -22,6 +23,7 @@ pub mod host;
 pub mod report;
 pub mod run;
 pub mod setup;
+pub mod smp;
 
 use crate::runner;
 use crate::serial::println;

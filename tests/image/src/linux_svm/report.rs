@@ -43,6 +43,7 @@ pub struct Report {
     pub mmio: u64,
     pub garbage: u64,
     pub forged: u64,
+    pub start_ipis: u64,
     exits: [(u64, u64); 10],
     eoi_calls: u64,
     deadline_calls: u64,
@@ -90,6 +91,7 @@ impl Report {
             mmio: 0,
             garbage: 0,
             forged: 0,
+            start_ipis: 0,
             exits: EXIT_NAMES.map(|(c, _)| (c, 0)),
             eoi_calls: 0,
             deadline_calls: 0,
@@ -339,8 +341,9 @@ impl Report {
             );
         }
         println!(
-            "linux: busy repairs {}, platform errors {}, spurious #HV entries {}",
-            t.busy_repairs, t.platform_errors, t.spurious_hv
+            "linux: busy repairs {}, platform errors {}, spurious #HV entries {}, INIT/SIPI \
+             served as AP creation {}, ICRs refused by the engine {}",
+            t.busy_repairs, t.platform_errors, t.spurious_hv, self.start_ipis, t.icrs_refused
         );
         println!("linux: {}", if self.pass { "PASS" } else { "FAIL" });
     }

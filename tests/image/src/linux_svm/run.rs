@@ -5,15 +5,14 @@
 
 use core::arch::asm;
 
-use apic::ApicConfig;
 use guest_boot::linux::bootparams::Layout;
 use kernel::protocol::{ApicCall, ResultCode};
-use kernel::{EngineConfig, Env, Fabric, VcpuEngine};
+use kernel::{Env, Fabric, VcpuEngine};
 use vmsa::{EventInj, VmsaAccess};
 
 use super::host::{self, DOORBELLS, GUEST_VMPL, LinuxPlatform, MAX_VCPUS, SLOTS};
 use super::report::{Report, Stop};
-use super::{LinuxConfig, exits, setup};
+use super::{LinuxConfig, exits, setup, smp};
 use crate::svm::harness::{HOST_TIMER_VECTOR, Rng};
 use crate::svm::hw::{self, Page, exit, off};
 use crate::svm::vmcb::{self, Vcpu};
@@ -23,8 +22,6 @@ use crate::{cpu, lapic, time};
 const PROGRESS_MS: u64 = 5_000;
 /// Time slice of a vCPU when several share the CPU.
 const SLICE_NS: u64 = 1_000_000;
-/// APIC_BASE as firmware leaves the BSP in x2APIC mode (SDM vol. 3A §11.12.5).
-const APIC_BASE_X2APIC: u64 = 0xFEE0_0000 | (1 << 11) | (1 << 10);
 /// Exit code of CPUID and IOIO (APM vol. 2 appendix C).
 const EXIT_CPUID: u64 = 0x72;
 const EXIT_IOIO: u64 = 0x7B;
@@ -50,7 +47,8 @@ fn vmload(pa: u64) {
 struct World<'a> {
     cfg: LinuxConfig,
     vcpus: &'a mut [Vcpu],
-    engines: &'a mut [VcpuEngine],
+    engines: &'a mut [Option<VcpuEngine>],
+    tpb: u32,
     platforms: &'a [LinuxPlatform],
     halted: [bool; MAX_VCPUS],
     started: [bool; MAX_VCPUS],
@@ -64,33 +62,11 @@ pub fn run(cfg: LinuxConfig, layout: &Layout) -> Report {
     let mut vcpus: [Vcpu; MAX_VCPUS] = [const { Vcpu::new() }; MAX_VCPUS];
     let platforms: [LinuxPlatform; MAX_VCPUS] = [const { LinuxPlatform::new() }; MAX_VCPUS];
     let tpb = (time::tsc_per_ms() / 1_000_000).max(1) as u32;
-    let mut engines: [VcpuEngine; MAX_VCPUS] = core::array::from_fn(|k| {
-        let config = EngineConfig {
-            index: k,
-            host_apic_id: 0,
-            apic: ApicConfig {
-                apic_id: k as u32,
-                bsp: k == 0,
-                ticks_per_bus_cycle: tpb,
-                directed_eoi: false,
-            },
-            guest_vmpl: GUEST_VMPL,
-            notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
-            emulate: true,
-        };
-        match VcpuEngine::new(config, Fabric::new(&SLOTS)) {
-            Ok(e) => e,
-            Err(e) => crate::runner::fail(format_args!("linux: engine {k}: {e:?}")),
-        }
-    });
-    for (k, engine) in engines.iter_mut().enumerate() {
-        // Linux never calls CONFIGURE_VECTOR: the SVSM opens every host
-        // vector at creation (docs/integration.md).
-        engine.apic_mut().set_all_host_vectors_allowed(true);
-        if cfg.x2apic {
-            let bsp = if k == 0 { 1 << 8 } else { 0 };
-            let _ = engine.apic_mut().set_apic_base(APIC_BASE_X2APIC | bsp);
-        }
+    // The BSP exists from the start; an AP's engine is created when Linux
+    // asks for it (`smp`).
+    let mut engines: [Option<VcpuEngine>; MAX_VCPUS] = [const { None }; MAX_VCPUS];
+    if let Some(bsp) = engines.first_mut() {
+        *bsp = smp::new_engine(0, cfg.x2apic, tpb);
     }
     if let Some(v) = vcpus.first_mut() {
         setup::init_vmcb(&v.vmcb, layout);
@@ -104,6 +80,7 @@ pub fn run(cfg: LinuxConfig, layout: &Layout) -> Report {
         cfg,
         vcpus: vcpus.get_mut(..n).unwrap_or_default(),
         engines: engines.get_mut(..n).unwrap_or_default(),
+        tpb,
         platforms: platforms.get(..n).unwrap_or_default(),
         halted: [false; MAX_VCPUS],
         started: [false; MAX_VCPUS],
@@ -207,7 +184,7 @@ impl<'a> World<'a> {
         let Some(env) = self.env(k) else {
             return Err(Stop::Fatal);
         };
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k).and_then(Option::as_mut), self.vcpus.get_mut(k)) else {
             return Err(Stop::Fatal);
         };
         if engine.before_run(&env, vcpu).is_err() {
@@ -235,7 +212,7 @@ impl<'a> World<'a> {
         if self.cfg.hostile {
             self.hostile_after(k);
         }
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k).and_then(Option::as_mut), self.vcpus.get_mut(k)) else {
             return Err(Stop::Fatal);
         };
         if engine.after_exit(&env, vcpu).is_err() {
@@ -303,8 +280,13 @@ impl<'a> World<'a> {
     /// engine refused it, after injecting #GP as the guest's #VC handler
     /// would.
     fn apic_access(&mut self, k: usize, msr: u64, write: Option<u64>) -> Option<Option<u64>> {
+        if let (0x830, Some(value)) = (msr, write)
+            && let Some(request) = smp::start_ipi(value)
+        {
+            return self.start_ap(k, value, request);
+        }
         let env = self.env(k)?;
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k).and_then(Option::as_mut), self.vcpus.get_mut(k)) else {
             return None;
         };
         let call = match write {
@@ -321,6 +303,52 @@ impl<'a> World<'a> {
             return None;
         }
         Some(if write.is_some() { None } else { Some(result.rdx.unwrap_or(0)) })
+    }
+
+    /// Linux's INIT or STARTUP IPI from vCPU `k` (ICR low `icr`): the AP
+    /// creation request (`smp`). The destination is ICR bits 63:32 in x2APIC
+    /// mode, the ICR high register's bits 31:24 in xAPIC mode.
+    fn start_ap(&mut self, k: usize, icr: u64, request: smp::StartIpi) -> Option<Option<u64>> {
+        let x2apic = self
+            .engines
+            .get(k)
+            .and_then(Option::as_ref)
+            .is_some_and(|e| e.apic().mode() == apic::ApicMode::X2Apic);
+        let dest = if x2apic {
+            icr >> 32
+        } else {
+            let high = self.apic_access(k, 0x831, None).flatten().unwrap_or(0);
+            (high >> 24) & 0xFF
+        };
+        let t = usize::try_from(dest).ok().filter(|&t| t < self.cfg.vcpus && t != k)?;
+        self.report.start_ipis = self.report.start_ipis.saturating_add(1);
+        match request {
+            smp::StartIpi::Init => {
+                if let Some(slot) = self.engines.get_mut(t)
+                    && slot.is_none()
+                {
+                    *slot = smp::new_engine(t, self.cfg.x2apic, self.tpb);
+                }
+            }
+            smp::StartIpi::Startup(vector) => {
+                let created = self.engines.get(t).is_some_and(Option::is_some);
+                let started = self.started.get(t).copied().unwrap_or(true);
+                if created && !started {
+                    let [bsp, rest @ ..] = &mut *self.vcpus else { return None };
+                    let ap = rest.get_mut(t.checked_sub(1)?)?;
+                    smp::init_ap_vmcb(&ap.vmcb, &bsp.vmcb, vector);
+                    ap.gprs = hw::Gprs::default();
+                    ap.sev_features.store(
+                        bsp.sev_features.load(core::sync::atomic::Ordering::SeqCst),
+                        core::sync::atomic::Ordering::SeqCst,
+                    );
+                    if let Some(s) = self.started.get_mut(t) {
+                        *s = true;
+                    }
+                }
+            }
+        }
+        Some(None)
     }
 
     fn port_io(&mut self, k: usize) -> Result<(), Stop> {
@@ -438,6 +466,7 @@ impl<'a> World<'a> {
 
     fn finish(&mut self) {
         for (k, (engine, vcpu)) in self.engines.iter().zip(self.vcpus.iter()).enumerate() {
+            let Some(engine) = engine else { continue };
             let kicks = self.platforms.get(k).map_or(0, |p| p.kicks.get());
             self.report.add_vcpu(engine, vcpu, kicks);
         }
