@@ -8,7 +8,9 @@ use core::arch::asm;
 use guest_boot::linux::bootparams::Layout;
 use kernel::protocol::{ApicCall, ResultCode};
 use kernel::{Env, Fabric, VcpuEngine};
-use vmsa::{EventInj, VmsaAccess};
+use core::sync::atomic::Ordering;
+
+use vmsa::{EventInj, EventType, VIntrCtrl, VmsaAccess};
 
 use super::host::{self, DOORBELLS, GUEST_VMPL, LinuxPlatform, MAX_VCPUS, SLOTS};
 use super::report::{Report, Stop};
@@ -210,7 +212,7 @@ impl<'a> World<'a> {
         // The first run flushed the TLB; later ones keep it.
         vcpu.vmcb.set(off::ASID, 1);
         if self.cfg.hostile {
-            self.hostile_after(k);
+            self.hostile_after(k, before);
         }
         let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k).and_then(Option::as_mut), self.vcpus.get_mut(k)) else {
             return Err(Stop::Fatal);
@@ -431,35 +433,79 @@ impl<'a> World<'a> {
         Ok(())
     }
 
-    /// Hostile host, before the run: spurious #HV and garbage posts.
+    /// Hostile host, before the run (as the simulator's hostile host,
+    /// tests/sim): spurious #HV, an illegal vector (1-30) in VMPL0's byte or
+    /// in the guest VMPL's status, reserved status bits, garbage per-VMPL
+    /// event bits; each signalled with #HV.
     fn hostile_before(&mut self, k: usize) {
-        match self.rng.below(16) {
-            0 => host::spurious_hv(k),
-            1 => {
-                // A vector the engine must refuse (0-30) posted as garbage.
-                let v = self.rng.below(31) as u8;
-                if let Some(page) = DOORBELLS.get(k) {
-                    let _ = page.host().post_vector(GUEST_VMPL, v);
-                    self.report.garbage = self.report.garbage.saturating_add(1);
-                }
-                host::signal(k);
+        let Some(page) = DOORBELLS.get(k) else { return };
+        let desc = page.descriptors.get(usize::from(GUEST_VMPL - 1));
+        let illegal = 1 + self.rng.below(30) as u8;
+        let garbage = match self.rng.below(24) {
+            0 => {
+                host::spurious_hv(k);
+                return;
             }
-            _ => {}
+            1 => {
+                let _ = page
+                    .vector
+                    .compare_exchange(0, illegal, Ordering::AcqRel, Ordering::Acquire);
+                true
+            }
+            2 => desc.is_some_and(|d| {
+                let s = d.status.load(Ordering::Acquire);
+                s & 0xFF == 0
+                    && d.status
+                        .compare_exchange(s, s | u32::from(illegal), Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            }),
+            3 => desc.is_some_and(|d| {
+                d.status.fetch_or(0x7000_3800, Ordering::AcqRel);
+                true
+            }),
+            4 => {
+                page.per_vmpl_events.fetch_or(0x10, Ordering::AcqRel);
+                true
+            }
+            _ => false,
+        };
+        if garbage {
+            self.report.garbage = self.report.garbage.saturating_add(1);
+            host::signal(k);
         }
     }
 
-    /// Hostile host, after the exit: a forged EXITINTINFO (an external
-    /// interrupt or NMI the engine never presented) when the CPU left none.
-    fn hostile_after(&mut self, k: usize) {
+    /// Hostile host, after the exit, when the CPU left no EXITINTINFO: a
+    /// forged one the engine must drop: an INTR with vector 0-31, a reserved
+    /// event type, reserved bits, an error code on an INTR, or an INTR or
+    /// NMI it never presented. A forged copy of the very interrupt the
+    /// engine presented (and the CPU delivered) is not made: nothing can
+    /// tell it from a delivery the exit cut, which the engine re-injects.
+    fn hostile_after(&mut self, k: usize, presented: (EventInj, VIntrCtrl)) {
         let Some(vcpu) = self.vcpus.get_mut(k) else { return };
         if vcpu.exit_int_info().valid() || self.rng.below(8) != 0 {
             return;
         }
-        let forged = if self.rng.below(4) == 0 {
-            EventInj::nmi()
-        } else {
-            EventInj::external_interrupt(32 + self.rng.below(224) as u8)
+        let vector = self.rng.below(256) as u8;
+        let forged = match self.rng.below(6) {
+            0 => EventInj::external_interrupt(vector & 31),
+            1 => EventInj::new()
+                .with_vector(vector)
+                .with_event_type(EventType::from_bits([1u8, 5, 6, 7][usize::from(vector & 3)]))
+                .with_valid(true),
+            2 => EventInj::from_bits(EventInj::external_interrupt(0x40).into_bits() | (1 << 20)),
+            3 => EventInj::external_interrupt(0x40).with_error_code_valid(true),
+            4 => EventInj::nmi(),
+            _ => EventInj::external_interrupt(vector.max(32)),
         };
+        let (ev, ctrl) = presented;
+        let same_as_presented = (ev.valid() && ev.into_bits() & 0x7FF == forged.into_bits() & 0x7FF)
+            || (ctrl.v_irq()
+                && forged.event_type() == EventType::Intr
+                && forged.vector() == ctrl.v_intr_vector());
+        if same_as_presented {
+            return;
+        }
         vcpu.set_exit_int_info(forged);
         self.report.forged = self.report.forged.saturating_add(1);
     }
