@@ -82,7 +82,10 @@ extern "C" fn kmain(start_info: u32) -> ! {
         .strip_prefix("linux")
         .filter(|rest| rest.is_empty() || rest.starts_with(' '))
     {
-        println!("image: long mode up, TSC {tsc_per_ms} ticks/ms, linux {:?}", args.trim());
+        println!(
+            "image: long mode up, TSC {tsc_per_ms} ticks/ms, linux {:?}",
+            args.trim()
+        );
         linux_svm::main(args)
     }
     println!("image: long mode up, TSC {tsc_per_ms} ticks/ms, filter {filter:?}");

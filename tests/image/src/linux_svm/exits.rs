@@ -33,7 +33,12 @@ const KVM_SIGNATURE: (u32, u32, u32) = (0x4B4D_564B, 0x564B_4D56, 0x0000_004D);
 pub fn cpuid(leaf: u32, subleaf: u32, apic_id: u32) -> (u32, u32, u32, u32) {
     if (0x4000_0000..0x5000_0000).contains(&leaf) {
         return match leaf {
-            0x4000_0000 => (0x4000_0001, KVM_SIGNATURE.0, KVM_SIGNATURE.1, KVM_SIGNATURE.2),
+            0x4000_0000 => (
+                0x4000_0001,
+                KVM_SIGNATURE.0,
+                KVM_SIGNATURE.1,
+                KVM_SIGNATURE.2,
+            ),
             _ => (0, 0, 0, 0),
         };
     }
@@ -130,14 +135,15 @@ pub fn translate(cr3: u64, cr4: u64, va: u64) -> Option<u64> {
     let levels: u32 = if cr4 & (1 << 12) != 0 { 5 } else { 4 };
     let mut table = cr3 & ADDR;
     for level in (1..=levels).rev() {
-        let shift = 12 + 9 * (level - 1);
+        // level <= 5: the shift is at most 48.
+        let shift = 12u32.wrapping_add(9u32.wrapping_mul(level.wrapping_sub(1)));
         let index = (va >> shift) & 0x1FF;
         let entry = read_phys_u64(table | (index << 3))?;
         if entry & 1 == 0 {
             return None;
         }
         if level == 1 || ((level == 2 || level == 3) && entry & 0x80 != 0) {
-            let mask = (1u64 << shift) - 1;
+            let mask = (1u64 << shift).wrapping_sub(1);
             return Some(((entry & ADDR) & !mask) | (va & mask));
         }
         table = entry & ADDR;
@@ -159,17 +165,17 @@ pub fn fetch(vcpu: &Vcpu) -> Option<([u8; mmio::MAX_INSN_LEN], usize)> {
         let Some(pa) = translate(cr3, cr4, va) else {
             break;
         };
-        let in_page = (0x1000 - (va & 0xFFF)) as usize;
-        let take = in_page.min(bytes.len() - n);
+        let in_page = 0x1000u64.wrapping_sub(va & 0xFFF) as usize;
+        let take = in_page.min(bytes.len().saturating_sub(n));
         if pa.saturating_add(take as u64) > 1 << 30 {
             break;
         }
         for (i, b) in bytes.iter_mut().skip(n).take(take).enumerate() {
             // SAFETY: `pa + i` is identity-mapped guest RAM below 1 GiB
             // (checked above); a byte read of guest code.
-            *b = unsafe { core::ptr::read_volatile((pa + i as u64) as *const u8) };
+            *b = unsafe { core::ptr::read_volatile(pa.wrapping_add(i as u64) as *const u8) };
         }
-        n += take;
+        n = n.saturating_add(take);
     }
     (n > 0).then_some((bytes, n))
 }

@@ -48,8 +48,6 @@ pub static LEVEL_EOIS: AtomicU64 = AtomicU64::new(0);
 pub static HV_TAKEN: AtomicU64 = AtomicU64::new(0);
 /// #HVs the hostile host raised with nothing posted.
 pub static HV_SPURIOUS: AtomicU64 = AtomicU64::new(0);
-/// Hostile mode: the #HV handler also scribbles on the doorbell page.
-pub static HOSTILE: AtomicBool = AtomicBool::new(false);
 
 /// Starts routing host vectors to the Linux harness.
 pub fn activate(on: bool) {
@@ -73,7 +71,11 @@ pub fn on_device(vector: u8) {
     }
     let word = usize::from(vector / 64);
     let bit = 1u64 << (vector % 64);
-    let deferred = if level { &DEFERRED_LEVEL } else { &DEFERRED_EDGE };
+    let deferred = if level {
+        &DEFERRED_LEVEL
+    } else {
+        &DEFERRED_EDGE
+    };
     if let Some(w) = deferred.get(word) {
         w.fetch_or(bit, Ordering::SeqCst);
     }
@@ -94,7 +96,8 @@ pub fn flush(k: usize) {
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits.wrapping_sub(1);
-                let vector = (word as u32 * 64 + b) as u8;
+                // word < 4, b < 64: the vector fits a byte.
+                let vector = ((word << 6) as u32 | b) as u8;
                 let host = page.host();
                 let result = if level {
                     host.post_level(GUEST_VMPL, vector)
@@ -104,7 +107,8 @@ pub fn flush(k: usize) {
                 if result.is_ok() {
                     w.fetch_and(!(1u64 << b), Ordering::SeqCst);
                     if let Some(t) = POSTED_AT.get(usize::from(vector)) {
-                        let _ = t.compare_exchange(0, cpu::rdtsc(), Ordering::SeqCst, Ordering::SeqCst);
+                        let _ =
+                            t.compare_exchange(0, cpu::rdtsc(), Ordering::SeqCst, Ordering::SeqCst);
                     }
                     posted = true;
                 }

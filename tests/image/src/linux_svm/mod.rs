@@ -69,7 +69,10 @@ pub fn main(args: &str) -> ! {
     let kernel_len = words.next().and_then(|w| w.parse::<u64>().ok());
     let initrd_len = words.next().and_then(|w| w.parse::<u64>().ok());
     let hostile = words.next() == Some("hostile");
-    let seed = words.next().and_then(|w| w.parse::<u64>().ok()).unwrap_or(1);
+    let seed = words
+        .next()
+        .and_then(|w| w.parse::<u64>().ok())
+        .unwrap_or(1);
     let (Some(vcpus), Some(mode), Some(kernel_len), Some(initrd_len)) =
         (vcpus, mode, kernel_len, initrd_len)
     else {
@@ -111,12 +114,14 @@ pub fn main(args: &str) -> ! {
         Err(e) => runner::fail(format_args!("linux: cannot load the kernel: {e:?}")),
     };
     println!(
-        "linux: kernel at {:#x} entry {:#x}, initrd {:#x}+{:#x}, zero page {:#x}, RAM up to {:#x}, \
+        "linux: kernel ({} bytes) at {:#x} entry {:#x}, initrd ({} bytes) at {:#x}, zero page \
+         {:#x}, RAM up to {:#x}, \
          {} vCPU(s), {} mode{}, cmdline {cmdline:?}",
+        config.kernel_len,
         layout.kernel,
         layout.entry,
+        config.initrd_len,
         layout.initrd,
-        layout.initrd_len,
         layout.zero_page,
         setup::GUEST_RAM_END,
         vcpus,

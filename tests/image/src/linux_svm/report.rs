@@ -161,7 +161,11 @@ impl Report {
     }
 
     fn delivered_via(&mut self, vector: u8, eventinj: bool, now: u64) {
-        let path = if eventinj { &mut self.via_eventinj } else { &mut self.via_virq };
+        let path = if eventinj {
+            &mut self.via_eventinj
+        } else {
+            &mut self.via_virq
+        };
         *path = path.saturating_add(1);
         if let Some(c) = self.delivered.get_mut(usize::from(vector)) {
             *c = c.saturating_add(1);
@@ -195,8 +199,12 @@ impl Report {
         t.recalled = t.recalled.saturating_add(c.recalled);
         t.reinjected = t.reinjected.saturating_add(c.reinjected);
         t.forged_exit_events = t.forged_exit_events.saturating_add(c.forged_exit_events);
-        t.host_vectors_accepted = t.host_vectors_accepted.saturating_add(c.host_vectors_accepted);
-        t.host_vectors_rejected = t.host_vectors_rejected.saturating_add(c.host_vectors_rejected);
+        t.host_vectors_accepted = t
+            .host_vectors_accepted
+            .saturating_add(c.host_vectors_accepted);
+        t.host_vectors_rejected = t
+            .host_vectors_rejected
+            .saturating_add(c.host_vectors_rejected);
         t.host_level_eois = t.host_level_eois.saturating_add(c.host_level_eois);
         t.ipis_sent = t.ipis_sent.saturating_add(c.ipis_sent);
         t.icrs_refused = t.icrs_refused.saturating_add(c.icrs_refused);
@@ -209,7 +217,9 @@ impl Report {
         t.kicks_sent = t.kicks_sent.saturating_add(c.kicks_sent);
         self.vmruns = self.vmruns.saturating_add(vcpu.fixups.vmruns);
         self.virq_withheld = self.virq_withheld.saturating_add(vcpu.fixups.virq_withheld);
-        self.virq_cut = self.virq_cut.saturating_add(vcpu.fixups.virq_cut_as_exception);
+        self.virq_cut = self
+            .virq_cut
+            .saturating_add(vcpu.fixups.virq_cut_as_exception);
         self.kicks = self.kicks.saturating_add(kicks);
         if engine.fatal().is_some() {
             self.stop = Stop::Fatal;
@@ -218,7 +228,9 @@ impl Report {
 
     /// Interrupts the guest took, by the harness's count (`note_run`).
     pub fn delivered(&self) -> u64 {
-        self.via_eventinj.saturating_add(self.via_virq).saturating_add(self.nmis)
+        self.via_eventinj
+            .saturating_add(self.via_virq)
+            .saturating_add(self.nmis)
     }
 
     /// The verdict: the guest powered off, and the engine reported nothing
@@ -236,7 +248,10 @@ impl Report {
             .iter()
             .map(|c| u64::from(c.load(Ordering::Relaxed)))
             .sum();
-        print!("linux: progress: vCPU 0 rip {rip:#x}{} exits", if halted { " (halted)" } else { "" });
+        print!(
+            "linux: progress: vCPU 0 rip {rip:#x}{} exits",
+            if halted { " (halted)" } else { "" }
+        );
         for ((_, n), (_, name)) in self.exits.iter().zip(EXIT_NAMES.iter()) {
             if *n != 0 {
                 print!(" {name} {n}");
@@ -255,10 +270,13 @@ impl Report {
     /// Prints the table (`linux: ...` lines) and the verdict.
     pub fn print(&self) {
         let t = &self.total;
-        let ms = self.tsc / time::tsc_per_ms().max(1);
+        let ms = self.tsc.checked_div(time::tsc_per_ms()).unwrap_or(0);
         let delivered = self.delivered();
         let per = |x: u64| (x as f64) / (delivered.max(1) as f64);
-        println!("linux: stopped: {:?} after {ms} ms (host TSC), {} vCPU(s)", self.stop, self.cfg.vcpus);
+        println!(
+            "linux: stopped: {:?} after {ms} ms (host TSC), {} vCPU(s)",
+            self.stop, self.cfg.vcpus
+        );
         if matches!(self.stop, Stop::BadExit | Stop::Shutdown) {
             println!("linux: exit {:#x} at {:#x}", self.bad_exit, self.bad_rip);
         }
@@ -350,5 +368,8 @@ impl Report {
 }
 
 fn tsc_to_us(ticks: u64) -> u64 {
-    ticks.saturating_mul(1000) / time::tsc_per_ms().max(1)
+    ticks
+        .saturating_mul(1000)
+        .checked_div(time::tsc_per_ms())
+        .unwrap_or(0)
 }

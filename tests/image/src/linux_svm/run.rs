@@ -5,10 +5,10 @@
 
 use core::arch::asm;
 
+use core::sync::atomic::Ordering;
 use guest_boot::linux::bootparams::Layout;
 use kernel::protocol::{ApicCall, ResultCode};
 use kernel::{Env, Fabric, VcpuEngine};
-use core::sync::atomic::Ordering;
 
 use vmsa::{EventInj, EventType, VIntrCtrl, VmsaAccess};
 
@@ -106,7 +106,10 @@ pub fn run(cfg: LinuxConfig, layout: &Layout) -> Report {
 }
 
 fn tsc_to_ns(ticks: u64) -> u64 {
-    ticks.saturating_mul(1_000_000) / time::tsc_per_ms().max(1)
+    ticks
+        .saturating_mul(1_000_000)
+        .checked_div(time::tsc_per_ms())
+        .unwrap_or(0)
 }
 
 /// Arms the host timer (vector 22) for the earliest engine deadline or the
@@ -186,7 +189,10 @@ impl<'a> World<'a> {
         let Some(env) = self.env(k) else {
             return Err(Stop::Fatal);
         };
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k).and_then(Option::as_mut), self.vcpus.get_mut(k)) else {
+        let (Some(engine), Some(vcpu)) = (
+            self.engines.get_mut(k).and_then(Option::as_mut),
+            self.vcpus.get_mut(k),
+        ) else {
             return Err(Stop::Fatal);
         };
         if engine.before_run(&env, vcpu).is_err() {
@@ -214,7 +220,10 @@ impl<'a> World<'a> {
         if self.cfg.hostile {
             self.hostile_after(k, before);
         }
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k).and_then(Option::as_mut), self.vcpus.get_mut(k)) else {
+        let (Some(engine), Some(vcpu)) = (
+            self.engines.get_mut(k).and_then(Option::as_mut),
+            self.vcpus.get_mut(k),
+        ) else {
             return Err(Stop::Fatal);
         };
         if engine.after_exit(&env, vcpu).is_err() {
@@ -288,7 +297,10 @@ impl<'a> World<'a> {
             return self.start_ap(k, value, request);
         }
         let env = self.env(k)?;
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k).and_then(Option::as_mut), self.vcpus.get_mut(k)) else {
+        let (Some(engine), Some(vcpu)) = (
+            self.engines.get_mut(k).and_then(Option::as_mut),
+            self.vcpus.get_mut(k),
+        ) else {
             return None;
         };
         let call = match write {
@@ -304,7 +316,11 @@ impl<'a> World<'a> {
             }
             return None;
         }
-        Some(if write.is_some() { None } else { Some(result.rdx.unwrap_or(0)) })
+        Some(if write.is_some() {
+            None
+        } else {
+            Some(result.rdx.unwrap_or(0))
+        })
     }
 
     /// Linux's INIT or STARTUP IPI from vCPU `k` (ICR low `icr`): the AP
@@ -322,7 +338,9 @@ impl<'a> World<'a> {
             let high = self.apic_access(k, 0x831, None).flatten().unwrap_or(0);
             (high >> 24) & 0xFF
         };
-        let t = usize::try_from(dest).ok().filter(|&t| t < self.cfg.vcpus && t != k)?;
+        let t = usize::try_from(dest)
+            .ok()
+            .filter(|&t| t < self.cfg.vcpus && t != k)?;
         self.report.start_ipis = self.report.start_ipis.saturating_add(1);
         match request {
             smp::StartIpi::Init => {
@@ -336,7 +354,9 @@ impl<'a> World<'a> {
                 let created = self.engines.get(t).is_some_and(Option::is_some);
                 let started = self.started.get(t).copied().unwrap_or(true);
                 if created && !started {
-                    let [bsp, rest @ ..] = &mut *self.vcpus else { return None };
+                    let [bsp, rest @ ..] = &mut *self.vcpus else {
+                        return None;
+                    };
                     let ap = rest.get_mut(t.checked_sub(1)?)?;
                     smp::init_ap_vmcb(&ap.vmcb, &bsp.vmcb, vector);
                     ap.gprs = hw::Gprs::default();
@@ -440,23 +460,28 @@ impl<'a> World<'a> {
     fn hostile_before(&mut self, k: usize) {
         let Some(page) = DOORBELLS.get(k) else { return };
         let desc = page.descriptors.get(usize::from(GUEST_VMPL - 1));
-        let illegal = 1 + self.rng.below(30) as u8;
+        let illegal = (self.rng.below(30) as u8).saturating_add(1);
         let garbage = match self.rng.below(24) {
             0 => {
                 host::spurious_hv(k);
                 return;
             }
             1 => {
-                let _ = page
-                    .vector
-                    .compare_exchange(0, illegal, Ordering::AcqRel, Ordering::Acquire);
+                let _ =
+                    page.vector
+                        .compare_exchange(0, illegal, Ordering::AcqRel, Ordering::Acquire);
                 true
             }
             2 => desc.is_some_and(|d| {
                 let s = d.status.load(Ordering::Acquire);
                 s & 0xFF == 0
                     && d.status
-                        .compare_exchange(s, s | u32::from(illegal), Ordering::AcqRel, Ordering::Acquire)
+                        .compare_exchange(
+                            s,
+                            s | u32::from(illegal),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
                         .is_ok()
             }),
             3 => desc.is_some_and(|d| {
@@ -482,7 +507,9 @@ impl<'a> World<'a> {
     /// engine presented (and the CPU delivered) is not made: nothing can
     /// tell it from a delivery the exit cut, which the engine re-injects.
     fn hostile_after(&mut self, k: usize, presented: (EventInj, VIntrCtrl)) {
-        let Some(vcpu) = self.vcpus.get_mut(k) else { return };
+        let Some(vcpu) = self.vcpus.get_mut(k) else {
+            return;
+        };
         if vcpu.exit_int_info().valid() || self.rng.below(8) != 0 {
             return;
         }
@@ -491,7 +518,12 @@ impl<'a> World<'a> {
             0 => EventInj::external_interrupt(vector & 31),
             1 => EventInj::new()
                 .with_vector(vector)
-                .with_event_type(EventType::from_bits([1u8, 5, 6, 7][usize::from(vector & 3)]))
+                .with_event_type(EventType::from_bits(match vector & 3 {
+                    0 => 1,
+                    1 => 5,
+                    2 => 6,
+                    _ => 7,
+                }))
                 .with_valid(true),
             2 => EventInj::from_bits(EventInj::external_interrupt(0x40).into_bits() | (1 << 20)),
             3 => EventInj::external_interrupt(0x40).with_error_code_valid(true),
@@ -499,7 +531,8 @@ impl<'a> World<'a> {
             _ => EventInj::external_interrupt(vector.max(32)),
         };
         let (ev, ctrl) = presented;
-        let same_as_presented = (ev.valid() && ev.into_bits() & 0x7FF == forged.into_bits() & 0x7FF)
+        let same_as_presented = (ev.valid()
+            && ev.into_bits() & 0x7FF == forged.into_bits() & 0x7FF)
             || (ctrl.v_irq()
                 && forged.event_type() == EventType::Intr
                 && forged.vector() == ctrl.v_intr_vector());

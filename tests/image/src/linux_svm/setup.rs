@@ -55,8 +55,9 @@ pub static IOPM: Iopm = Iopm([const { AtomicU64::new(0) }; 1536]);
 /// ACPI power-off writes SLP_TYP | SLP_EN there; the harness ends the run.
 pub const PM1A_CNT: u16 = 0x604;
 
-/// What went wrong setting the guest up.
+/// What went wrong setting the guest up (printed with `Debug`).
 #[derive(Debug)]
+#[allow(dead_code)] // the payloads are for the message
 pub enum SetupError {
     /// The staged kernel is not a usable bzImage.
     Kernel(guest_boot::linux::bzimage::BzImageError),
@@ -111,13 +112,18 @@ pub fn host_end() -> u64 {
 pub fn memory_map() -> Result<E820Map, SetupError> {
     let mut map = E820Map::new();
     let host_end = host_end();
-    map.add(0, LOW_RAM_END, e820::RAM).map_err(SetupError::Map)?;
+    map.add(0, LOW_RAM_END, e820::RAM)
+        .map_err(SetupError::Map)?;
     // EBDA and the BIOS ROMs, where Linux scans for the ACPI RSDP and MP table.
     map.add(LOW_RAM_END, 0x10_0000 - LOW_RAM_END, e820::RESERVED)
         .map_err(SetupError::Map)?;
     // The host image (the SVSM's memory): not the guest's.
-    map.add(0x10_0000, host_end - 0x10_0000, e820::RESERVED)
-        .map_err(SetupError::Map)?;
+    map.add(
+        0x10_0000,
+        host_end.saturating_sub(0x10_0000),
+        e820::RESERVED,
+    )
+    .map_err(SetupError::Map)?;
     map.add(host_end, GUEST_RAM_END.saturating_sub(host_end), e820::RAM)
         .map_err(SetupError::Map)?;
     // Staging area and firmware tables up to the end of the 1 GiB machine.
@@ -163,15 +169,17 @@ pub fn load(kernel_len: u64, initrd_len: u64, cmdline: &str) -> Result<Layout, S
 /// page tables over 0-4 GiB with 2 MiB pages.
 fn build_guest_tables() {
     let gdt = [0u64, 0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF];
+    // Every offset below is a small constant: no overflow.
     for (i, d) in (0u64..).zip(gdt) {
-        write_u64(GDT + i * 8, d);
+        write_u64(GDT | (i << 3), d);
     }
     write_u64(PML4, PDPT | 0x3);
     for i in 0..4u64 {
-        write_u64(PDPT + i * 8, (PD + i * 0x1000) | 0x3);
+        let pd = PD | (i << 12);
+        write_u64(PDPT | (i << 3), pd | 0x3);
         for j in 0..512u64 {
             let addr = (i << 30) | (j << 21);
-            write_u64(PD + i * 0x1000 + j * 8, addr | 0x83);
+            write_u64(pd | (j << 3), addr | 0x83);
         }
     }
 }
@@ -182,11 +190,11 @@ pub fn build_npt_and_iopm() {
     let [pml4, pdpt, pds @ ..] = &NPT;
     pml4.set(0, pdpt.pa() | 0x7);
     for (i, pd) in (0u64..).zip(pds.iter()) {
-        pdpt.set((i * 8) as usize, pd.pa() | 0x7);
+        pdpt.set((i << 3) as usize, pd.pa() | 0x7);
         for j in 0..512u64 {
             let addr = (i << 30) | (j << 21);
             let entry = if addr == APIC_REGION { 0 } else { addr | 0x87 };
-            pd.set((j * 8) as usize, entry);
+            pd.set((j << 3) as usize, entry);
         }
     }
     for port in [PM1A_CNT, PM1A_CNT + 1] {

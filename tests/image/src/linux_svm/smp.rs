@@ -63,7 +63,10 @@ pub fn new_engine(k: usize, x2apic: bool, ticks_per_bus_cycle: u32) -> Option<Vc
     engine.apic_mut().set_all_host_vectors_allowed(true);
     if x2apic {
         let bsp = if k == 0 { APIC_BASE_BSP } else { 0 };
-        engine.apic_mut().set_apic_base(APIC_BASE_X2APIC | bsp).ok()?;
+        engine
+            .apic_mut()
+            .set_apic_base(APIC_BASE_X2APIC | bsp)
+            .ok()?;
     }
     Some(engine)
 }
