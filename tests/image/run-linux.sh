@@ -32,17 +32,20 @@ started=$SECONDS
 status=0
 # The staging addresses are linux_svm::setup::{KERNEL,INITRD}_STAGE. The
 # machine has as many CPUs as the guest so that the firmware's ACPI tables
-# list them; the harness runs every vCPU on CPU 0.
+# list them; the harness runs every vCPU on CPU 0. The PCI serial card is
+# the workload's level-triggered device (its output is discarded).
 timeout --foreground -k 5 "$timeout_s" "$qemu" \
     -machine q35 -cpu max -smp "$vcpus" -m 1G -nic none \
     -display none -serial stdio -monitor none -no-reboot \
+    -chardev null,id=level -device pci-serial,chardev=level \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -device "loader,file=$linux/vmlinuz,addr=0x30000000,force-raw=on" \
     -device "loader,file=$linux/initramfs.cpio,addr=0x34000000,force-raw=on" \
     -kernel "$kernel" -append "linux $vcpus $mode $kernel_len $initrd_len $extra" \
     </dev/null | tee "$log" || status=$?
 check_status run-linux.sh
-if ! grep -q '^LINUX-GUEST: PASS' "$log" || ! grep -q '^linux: PASS' "$log"; then
+if ! grep -q '^LINUX-GUEST: PASS' "$log" || ! grep -q '^linux: PASS' "$log" ||
+    ! grep -q '^LINUX-GUEST: level: [0-9]* level-triggered' "$log"; then
     echo "run-linux.sh: the guest or the harness did not report a pass" >&2
     exit 1
 fi

@@ -32,10 +32,13 @@ pub use host::{active, on_device, on_hv};
 
 /// The kernel command line. Each option is there because of something the
 /// harness cannot do (docs/testing.md lists the reasons).
-pub const CMDLINE: &str = "console=ttyS0 x2apic_phys irqaffinity=0 panic=-1";
+/// `8250.nr_uarts=5` is for the workload: it lets the built-in 8250 driver
+/// take the PCI serial card (a level-triggered line) as ttyS4.
+pub const CMDLINE: &str = "console=ttyS0 x2apic_phys irqaffinity=0 panic=-1 8250.nr_uarts=5";
 /// The same with `nox2apic`: Linux keeps the xAPIC, so every APIC access
 /// is a trapped MMIO access decoded by the harness (mode `xapic-mmio`).
-pub const CMDLINE_NOX2APIC: &str = "console=ttyS0 x2apic_phys irqaffinity=0 panic=-1 nox2apic";
+pub const CMDLINE_NOX2APIC: &str =
+    "console=ttyS0 x2apic_phys irqaffinity=0 panic=-1 8250.nr_uarts=5 nox2apic";
 
 /// One run's parameters.
 #[derive(Clone, Copy, Debug)]
