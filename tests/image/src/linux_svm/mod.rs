@@ -13,7 +13,7 @@
 //! - `smp`: vCPU creation, Linux's INIT/SIPI served as AP creation;
 //! - `run`: the run loop; `report`: the figures.
 //!
-//! Command line: `linux VCPUS MODE KERNEL_LEN INITRD_LEN [hostile [SEED]]`
+//! Command line: `linux VCPUS MODE KERNEL_LEN INITRD_LEN [hostile] [SEED] [broken]`
 //! with MODE `x2apic` (the APIC as firmware leaves it), `xapic` (Linux
 //! switches to x2APIC itself) or `xapic-mmio` (`nox2apic`: Linux stays in
 //! xAPIC mode, every APIC access an MMIO trap) (`tests/image/run-linux.sh`).
@@ -55,12 +55,18 @@ pub struct LinuxConfig {
     pub hostile: bool,
     /// Seed of the hostile host's choices.
     pub seed: u64,
+    /// Test-only break: the engine never recalls an undelivered
+    /// presentation (`svm::vmcb::Vcpu::break_recall`), to show the ledger
+    /// failing.
+    pub broken: bool,
     /// The run counts as hung after this long.
     pub limit_ms: u64,
 }
 
 fn usage() -> ! {
-    println!("usage: linux VCPUS x2apic|xapic|xapic-mmio KERNEL_LEN INITRD_LEN [hostile [SEED]]");
+    println!(
+        "usage: linux VCPUS x2apic|xapic|xapic-mmio KERNEL_LEN INITRD_LEN [hostile] [SEED] [broken]"
+    );
     runner::exit(false)
 }
 
@@ -71,11 +77,17 @@ pub fn main(args: &str) -> ! {
     let mode = words.next();
     let kernel_len = words.next().and_then(|w| w.parse::<u64>().ok());
     let initrd_len = words.next().and_then(|w| w.parse::<u64>().ok());
-    let hostile = words.next() == Some("hostile");
-    let seed = words
-        .next()
-        .and_then(|w| w.parse::<u64>().ok())
-        .unwrap_or(1);
+    let (mut hostile, mut broken, mut seed) = (false, false, 1);
+    for w in words {
+        match w {
+            "hostile" => hostile = true,
+            "broken" => broken = true,
+            _ => match w.parse::<u64>() {
+                Ok(n) => seed = n,
+                Err(_) => usage(),
+            },
+        }
+    }
     let (Some(vcpus), Some(mode), Some(kernel_len), Some(initrd_len)) =
         (vcpus, mode, kernel_len, initrd_len)
     else {
@@ -104,7 +116,8 @@ pub fn main(args: &str) -> ! {
         initrd_len,
         hostile,
         seed,
-        limit_ms: 600_000,
+        broken,
+        limit_ms: if broken { 120_000 } else { 600_000 },
     };
     setup::build_npt_and_iopm();
     // In xAPIC mode Linux programs the IOAPIC with flat logical destinations

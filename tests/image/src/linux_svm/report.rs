@@ -57,6 +57,7 @@ pub struct Report {
     virq_cut: u64,
     kicks: u64,
     pub pass: bool,
+    in_service_at_end: u64,
     last_msr: u64,
     delivered: [u64; 256],
     via_eventinj: u64,
@@ -105,6 +106,7 @@ impl Report {
             virq_cut: 0,
             kicks: 0,
             pass: false,
+            in_service_at_end: 0,
             last_msr: 0,
             delivered: [0; 256],
             via_eventinj: 0,
@@ -192,6 +194,9 @@ impl Report {
     /// Adds one vCPU's engine counters and VMRUN figures.
     pub fn add_vcpu(&mut self, engine: &VcpuEngine, vcpu: &Vcpu, kicks: u64) {
         let c = engine.counters();
+        if !engine.apic().isr().is_empty() {
+            self.in_service_at_end = self.in_service_at_end.saturating_add(1);
+        }
         let t = &mut self.total;
         t.presented_eventinj = t.presented_eventinj.saturating_add(c.presented_eventinj);
         t.presented_virq = t.presented_virq.saturating_add(c.presented_virq);
@@ -233,13 +238,21 @@ impl Report {
             .saturating_add(self.nmis)
     }
 
-    /// The verdict: the guest powered off, and the engine reported nothing
-    /// a correct host and guest cannot cause.
+    /// The ledger: every maskable interrupt the guest took was EOI'd once
+    /// (Linux EOIs each one, and powers off with nothing in service), and
+    /// no vCPU's APIC has a vector in service at the end.
+    fn ledger_ok(&self) -> bool {
+        let maskable = self.via_eventinj.saturating_add(self.via_virq);
+        maskable == self.eoi_calls && self.in_service_at_end == 0
+    }
+
+    /// The verdict: the guest powered off, the ledger balances, and the
+    /// engine reported nothing a correct host and guest cannot cause.
     pub fn verdict(&mut self) {
         let t = &self.total;
         let clean = t.platform_errors == 0
             && (self.cfg.hostile || (t.forged_exit_events == 0 && t.host_vectors_rejected == 0));
-        self.pass = self.stop == Stop::PowerOff && clean;
+        self.pass = self.stop == Stop::PowerOff && clean && self.ledger_ok();
     }
 
     /// A progress line while the guest runs.
@@ -362,6 +375,18 @@ impl Report {
             "linux: busy repairs {}, platform errors {}, spurious #HV entries {}, INIT/SIPI \
              served as AP creation {}, ICRs refused by the engine {}",
             t.busy_repairs, t.platform_errors, t.spurious_hv, self.start_ipis, t.icrs_refused
+        );
+        println!(
+            "linux: ledger: delivered maskable {} = EOIs {}: {}; vCPUs with a vector in service \
+             at the end {}",
+            self.via_eventinj.saturating_add(self.via_virq),
+            self.eoi_calls,
+            if self.ledger_ok() {
+                "balanced"
+            } else {
+                "MISMATCH"
+            },
+            self.in_service_at_end
         );
         println!("linux: {}", if self.pass { "PASS" } else { "FAIL" });
     }

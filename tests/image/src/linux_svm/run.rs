@@ -70,6 +70,9 @@ pub fn run(cfg: LinuxConfig, layout: &Layout) -> Report {
     if let Some(bsp) = engines.first_mut() {
         *bsp = smp::new_engine(0, cfg.x2apic, tpb);
     }
+    for v in &mut vcpus {
+        v.break_recall = cfg.broken;
+    }
     if let Some(v) = vcpus.first_mut() {
         setup::init_vmcb(&v.vmcb, layout);
         v.gprs.rsi = layout.zero_page;
