@@ -8,7 +8,7 @@ NO_STD_TARGET := x86_64-unknown-none
 LIB_CRATES := -p vmsa -p doorbell -p apic -p kernel
 NIGHTLY ?= nightly
 
-.PHONY: all build test image-test soak lint fmt doc bench miri run sim fuzz loom clean linux-guest linux-direct
+.PHONY: all build test image-test svm-test soak lint fmt doc bench miri run sim fuzz loom clean linux-guest linux-direct linux-test
 
 all: build test
 
@@ -21,6 +21,7 @@ test:
 	$(CARGO) test --workspace
 	$(MAKE) loom
 	$(MAKE) image-test
+	$(MAKE) svm-test
 	$(MAKE) soak
 
 # Every simulator scenario at 64 vCPUs for 1,000,000 steps: any invariant
@@ -37,6 +38,12 @@ soak:
 image-test:
 	tests/image/run-tests.sh
 	tests/image/run-demo.sh idle-timer 4 1 50000
+
+# Real guests on QEMU's SVM under the engine: every program over SVM_SEEDS
+# seeds on 4 vCPUs; fails on any ledger mismatch or hang (docs/testing.md).
+SVM_SEEDS ?= 20
+svm-test:
+	tests/image/run-svm.sh all $(SVM_SEEDS) 4
 
 # The Linux guest's parts: Debian's cloud kernel and busybox-static fetched with
 # apt-get download, unpacked with dpkg -x into target/linux (never installed),
@@ -93,8 +100,13 @@ SEED ?= 1
 STEPS ?= 200000
 # The demo: the simulator's models and the real engine inside the bootable
 # image under QEMU, with the real #HV path (vector 28) alive.
+# Then the SVM harness: PROGRAM (timer ipi device tpr nested, or all)
+# with real guests, its table and ledger verdict.
+PROGRAM ?= all
 run:
 	tests/image/run-demo.sh $(SCENARIO) $(VCPUS) $(SEED) $(STEPS)
+	if [ "$(PROGRAM)" = all ]; then tests/image/run-svm.sh all $(SEED) $(VCPUS); \
+	else tests/image/run-svm.sh $(PROGRAM) $(VCPUS) $(SEED); fi
 
 # The same scenario in the host simulator (adds --trace FILE and long runs).
 sim:

@@ -1,7 +1,8 @@
 # Shared by run-tests.sh and run-demo.sh (sourced, not run): installs QEMU when
 # missing, builds the image, and runs it under QEMU with a timeout.
 # Environment: CARGO_TARGET_DIR (default: <repo>/target/image), QEMU_TIMEOUT
-# (seconds, default 120), QEMU (default qemu-system-x86_64).
+# (seconds, default 120), QEMU (default qemu-system-x86_64), QEMU_SMP (CPUs,
+# default 1).
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -44,7 +45,7 @@ run_qemu() {
     # -cpu max: the local APIC timer and the TSC are what the image needs; TCG
     # here (no KVM). -no-reboot: a triple fault ends the run instead of looping.
     timeout --foreground -k 5 "$timeout_s" "$qemu" \
-        -machine q35 -cpu max -m 128M \
+        -machine q35 -cpu max -m 128M -smp "${QEMU_SMP:-1}" \
         -display none -serial stdio -monitor none -no-reboot \
         -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
         -kernel "$kernel" -append "$1" </dev/null | tee "$2" || status=$?

@@ -10,11 +10,14 @@
 # (test-only switch) to show the ledger failing. Exits 0 only if QEMU
 # reported a pass (status 33) and every run printed its PASS verdict.
 # Environment: CARGO_TARGET_DIR (default: <repo>/target/image), QEMU_TIMEOUT
-# (seconds, default 120), QEMU (default qemu-system-x86_64).
+# (seconds, default 120), QEMU (default qemu-system-x86_64), QEMU_SMP (default 5).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 args="${*:-all}"
+# One CPU per vCPU plus the BSP, which plays the devices; QEMU_SMP=1 runs
+# every vCPU round-robin on one CPU instead.
+export QEMU_SMP="${QEMU_SMP:-5}"
 
 ensure_qemu
 build_image

@@ -150,12 +150,13 @@ extern "C" fn interrupt_dispatch(vector: u64, error_code: u64, rip: u64) {
         v if (32..255).contains(&v) && crate::linux_svm::active() => {
             crate::linux_svm::on_device(v as u8)
         }
-        v if v == u64::from(HV_VECTOR) && crate::svm::harness::active() => {
-            crate::svm::harness::on_hv()
-        }
+        v if v == u64::from(HV_VECTOR) && crate::svm::host::active() => crate::svm::host::on_hv(),
         v if v == u64::from(HV_VECTOR) => hv::on_hv(),
-        v if v == u64::from(crate::svm::harness::HOST_TIMER_VECTOR) => {
-            crate::svm::harness::on_timer()
+        v if v == u64::from(crate::svm::host::HOST_TIMER_VECTOR) => crate::svm::host::on_timer(),
+        v if v == u64::from(crate::svm::host::KICK_VECTOR)
+            || v == u64::from(crate::svm::host::GO_VECTOR) =>
+        {
+            crate::svm::host::on_wake(vector as u8)
         }
         // SDM vol. 3A §11.9: a spurious interrupt needs no EOI.
         v if v == u64::from(SPURIOUS_VECTOR) => {}

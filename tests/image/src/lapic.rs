@@ -108,6 +108,21 @@ pub fn self_ipi(vector: u8) {
     write(REG_ICR_LOW, (0b01 << 18) | u32::from(vector));
 }
 
+const REG_ID: usize = 0x20;
+const REG_ICR_HIGH: usize = 0x310;
+
+/// This CPU's local APIC ID (xAPIC ID register bits 31:24).
+pub fn id() -> u32 {
+    read(REG_ID) >> 24
+}
+
+/// Sends `icr_low` (vector, delivery mode, shorthand) to the CPU with APIC
+/// ID `dest` (SDM vol. 3A §11.6.1: ICR high first; the low write sends).
+pub fn send_ipi(dest: u32, icr_low: u32) {
+    write(REG_ICR_HIGH, dest << 24);
+    write(REG_ICR_LOW, icr_low);
+}
+
 const REG_TMR: usize = 0x180;
 
 /// Whether the APIC accepted `vector` as level-triggered (TMR, SDM vol. 3A

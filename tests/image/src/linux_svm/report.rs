@@ -71,7 +71,7 @@ const EXIT_NAMES: [(u64, &str); 10] = [
     (exit::MSR, "msr"),
     (0x72, "cpuid"),
     (0x7B, "ioio"),
-    (exit::NPF, "npf"),
+    (super::run::EXIT_NPF, "npf"),
     (exit::VMMCALL, "vmmcall"),
     (exit::NMI, "nmi"),
     (exit::BUSY, "busy"),

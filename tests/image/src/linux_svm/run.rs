@@ -15,7 +15,8 @@ use vmsa::{EventInj, EventType, VIntrCtrl, VmsaAccess};
 use super::host::{self, DOORBELLS, GUEST_VMPL, LinuxPlatform, MAX_VCPUS, SLOTS};
 use super::report::{Report, Stop};
 use super::{LinuxConfig, exits, setup, smp};
-use crate::svm::harness::{HOST_TIMER_VECTOR, Rng};
+use crate::svm::harness::Rng;
+use crate::svm::host::HOST_TIMER_VECTOR;
 use crate::svm::hw::{self, Page, exit, off};
 use crate::svm::vmcb::{self, Vcpu};
 use crate::{cpu, lapic, time};
@@ -27,6 +28,9 @@ const SLICE_NS: u64 = 1_000_000;
 /// Exit code of CPUID and IOIO (APM vol. 2 appendix C).
 const EXIT_CPUID: u64 = 0x72;
 const EXIT_IOIO: u64 = 0x7B;
+/// Triple fault, and nested page fault.
+const EXIT_SHUTDOWN: u64 = 0x7F;
+pub const EXIT_NPF: u64 = 0x400;
 /// SLP_EN in PM1 control (ACPI 6.5 §4.8.3.2.1).
 const SLP_EN: u32 = 1 << 13;
 
@@ -268,7 +272,7 @@ impl<'a> World<'a> {
                 Ok(())
             }
             EXIT_IOIO => self.port_io(k),
-            exit::NPF => self.npf(k),
+            EXIT_NPF => self.npf(k),
             exit::VMMCALL => {
                 // No paravirtual interface: KVM's -KVM_ENOSYS.
                 vcpu.set_rax((-1000i64) as u64);
@@ -276,7 +280,7 @@ impl<'a> World<'a> {
                 Ok(())
             }
             exit::INTR | exit::NMI | exit::BUSY => Ok(()),
-            exit::SHUTDOWN => {
+            EXIT_SHUTDOWN => {
                 self.report.bad_rip = vcpu.rip();
                 Err(Stop::Shutdown)
             }
@@ -412,12 +416,12 @@ impl<'a> World<'a> {
         };
         let gpa = vcpu.exit_info_2();
         if gpa & !0xFFF != setup::APIC_REGION {
-            self.report.bad_exit = exit::NPF;
+            self.report.bad_exit = EXIT_NPF;
             self.report.bad_rip = gpa;
             return Err(Stop::BadExit);
         }
         let Some(insn) = exits::decode_at_rip(vcpu) else {
-            self.report.bad_exit = exit::NPF;
+            self.report.bad_exit = EXIT_NPF;
             self.report.bad_rip = vcpu.rip();
             return Err(Stop::BadExit);
         };

@@ -1,4 +1,5 @@
-//! Device-like sources of the `device` program: at seeded random times the
+//! Device-like sources: in the `device` program (and, sparser, as
+//! background noise in every other program) at seeded random times the
 //! host posts, into a seeded random vCPU's doorbell page, an edge vector
 //! (0x70-0x7F), the vCPU's level line (vector 0x90, re-asserted only after
 //! its specific EOI) or an NMI, and raises #HV through the real LAPIC. Each
@@ -9,12 +10,14 @@
 use core::sync::atomic::Ordering;
 
 use super::guest::{self, vec};
-use super::harness::{HarnessWorld, Rng, RunConfig, post_edge, signal};
-use super::ledger::{self, HOST};
+use super::harness::{Rng, RunConfig};
+use super::host::{self, RunShared};
+use super::ledger;
 use crate::{cpu, time};
 
-/// Most time between two posts.
+/// Most time between two posts (device program / noise in the others).
 const MAX_GAP_US: u64 = 200;
+const NOISE_MAX_GAP_US: u64 = 2_000;
 /// How long the drain may take before the run finishes anyway (the
 /// verdict then reports the claims left as lost).
 const DRAIN_MS: u64 = 2_000;
@@ -32,6 +35,10 @@ pub struct Devices {
     posted: u64,
     target: u64,
     phase: Phase,
+    /// Background noise: posts until every vCPU asked to stop, never to
+    /// one that did.
+    noise: bool,
+    max_gap_us: u64,
 }
 
 impl Devices {
@@ -42,11 +49,17 @@ impl Devices {
             posted: 0,
             target: u64::from(cfg.rounds).saturating_mul(cfg.vcpus as u64),
             phase: Phase::Posting,
+            noise: cfg.program != guest::Program::Device,
+            max_gap_us: if cfg.program == guest::Program::Device {
+                MAX_GAP_US
+            } else {
+                NOISE_MAX_GAP_US
+            },
         }
     }
 
     /// Called by the run loop between guest runs.
-    pub fn step(&mut self, w: &HarnessWorld<'_>) {
+    pub fn step(&mut self, run: &RunShared) {
         let now = cpu::rdtsc();
         match self.phase {
             Phase::Posting => {
@@ -55,10 +68,13 @@ impl Devices {
                 }
                 let gap = self
                     .rng
-                    .below(MAX_GAP_US.saturating_mul(time::tsc_per_ms()) / 1000);
+                    .below(self.max_gap_us.saturating_mul(time::tsc_per_ms()) / 1000);
                 self.next_at = now.saturating_add(gap);
-                if self.post_one(w) {
+                if self.post_one(run) {
                     self.posted = self.posted.saturating_add(1);
+                }
+                if self.noise {
+                    return;
                 }
                 if self.posted >= self.target {
                     self.phase = Phase::Draining(time::Deadline::after_ms(DRAIN_MS));
@@ -67,8 +83,8 @@ impl Devices {
             Phase::Draining(deadline) => {
                 if ledger::outstanding_total() == 0 || deadline.passed() {
                     guest::FINISHED.store(true, Ordering::SeqCst);
-                    for k in 0..w.cfg().vcpus {
-                        post_edge(w.doorbells(), k, vec::WAKE);
+                    for k in 0..run.cfg.vcpus {
+                        host::post_edge(run, k, vec::WAKE);
                     }
                     self.phase = Phase::Finished;
                 }
@@ -78,41 +94,21 @@ impl Devices {
     }
 
     /// One random post; false when the chosen instance was outstanding.
-    fn post_one(&mut self, w: &HarnessWorld<'_>) -> bool {
-        let n = w.cfg().vcpus as u64;
+    fn post_one(&mut self, run: &RunShared) -> bool {
+        let n = run.cfg.vcpus as u64;
         let k = self.rng.below(n) as usize;
         let kind = self.rng.below(100);
-        let Some(page) = w.doorbells().get(k) else {
+        if host::done_asked(k) {
             return false;
-        };
+        }
         if kind < 70 {
             let span = u64::from(vec::DEV_LAST - vec::DEV_FIRST) + 1;
             let vector = vec::DEV_FIRST.wrapping_add(self.rng.below(span) as u8);
-            return post_edge(w.doorbells(), k, vector);
+            host::post_edge(run, k, vector)
+        } else if kind < 85 {
+            host::post_level(run, k)
+        } else {
+            host::post_nmi(run, k)
         }
-        if kind < 85 {
-            let Some(p) = w.platform(k) else { return false };
-            if p.level_up.get() || !ledger::claim(k, usize::from(vec::LEVEL), cpu::rdtsc()) {
-                return false;
-            }
-            if page.host().post_level(2, vec::LEVEL).is_err() {
-                ledger::unclaim(k, usize::from(vec::LEVEL));
-                return false;
-            }
-            p.level_up.set(true);
-            HOST.add(k, usize::from(vec::LEVEL));
-            signal(page, k);
-            return true;
-        }
-        if !ledger::claim(k, ledger::NMI, cpu::rdtsc()) {
-            return false;
-        }
-        if page.host().post_nmi(2).is_err() {
-            ledger::unclaim(k, ledger::NMI);
-            return false;
-        }
-        HOST.add(k, ledger::NMI);
-        signal(page, k);
-        true
     }
 }

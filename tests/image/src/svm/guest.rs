@@ -112,6 +112,8 @@ pub static FINISHED: AtomicBool = AtomicBool::new(false);
 static HOPS: AtomicU32 = AtomicU32::new(0);
 static RING_DONE: AtomicBool = AtomicBool::new(false);
 static ACKS: AtomicU32 = AtomicU32::new(0);
+/// vCPUs whose APIC is set up.
+static READY: AtomicU32 = AtomicU32::new(0);
 /// Raised TPR class per vCPU (0: none), for the handler's check.
 static RAISED: [AtomicU8; MAX_VCPUS] = [const { AtomicU8::new(0) }; MAX_VCPUS];
 /// Nesting state per vCPU: in the low handler / high seen inside it.
@@ -124,6 +126,7 @@ pub fn reset() {
     HOPS.store(0, Ordering::SeqCst);
     RING_DONE.store(false, Ordering::SeqCst);
     ACKS.store(0, Ordering::SeqCst);
+    READY.store(0, Ordering::SeqCst);
     RAISED.iter().for_each(|r| r.store(0, Ordering::SeqCst));
     IN_LOW.iter().for_each(|r| r.store(false, Ordering::SeqCst));
     NESTED_SEEN
@@ -223,7 +226,9 @@ fn me() -> usize {
     let rsp: u64;
     // SAFETY: reads RSP.
     unsafe { asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
-    (rsp.wrapping_sub(stacks_base()) / STACK_SIZE as u64) as usize
+    rsp.wrapping_sub(stacks_base())
+        .checked_div(STACK_SIZE as u64)
+        .unwrap_or(0) as usize
 }
 
 fn rdtsc() -> u64 {
@@ -311,9 +316,15 @@ fn wait(mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Asks the harness to stop this vCPU; it answers "not yet" (RAX != 0)
+/// while device posts to it are still outstanding, which the guest then
+/// waits for.
 fn done() -> ! {
     loop {
-        vmmcall(HCALL | OP_DONE, 0, 0);
+        let (rc, _, _) = vmmcall(HCALL | OP_DONE, 0, 0);
+        if rc != 0 {
+            sti_hlt();
+        }
     }
 }
 
@@ -331,6 +342,12 @@ pub extern "C" fn guest_entry(k: u64) -> ! {
     }
     let rounds = ROUNDS.load(Ordering::SeqCst);
     let n = VCPUS.load(Ordering::SeqCst) as usize;
+    // Every APIC software-enabled before any IPI: one sent earlier would be
+    // dropped by the target's APIC (spec §6), not lost by the engine.
+    READY.fetch_add(1, Ordering::SeqCst);
+    while (READY.load(Ordering::SeqCst) as usize) < n {
+        core::hint::spin_loop(); // the host's time slice preempts
+    }
     match PROGRAM.load(Ordering::SeqCst) {
         0 => timer(k, rounds),
         1 => ipi(k, n, rounds),
@@ -346,7 +363,10 @@ fn timer(k: usize, ticks: u32) {
     wrmsr(LVT_TIMER, (1 << 17) | u64::from(vec::TIMER));
     // 300 µs at the emulated APIC's 1 GHz bus clock, a little different per
     // vCPU so the vCPUs' expiries interleave.
-    wrmsr(TIMER_INIT, 300_000 + 37_000 * k as u64);
+    wrmsr(
+        TIMER_INIT,
+        300_000u64.wrapping_add(37_000u64.wrapping_mul(k as u64)),
+    );
     wait(|| received(k, vec::TIMER) >= ticks);
     wrmsr(LVT_TIMER, (1 << 16) | u64::from(vec::TIMER));
     wrmsr(TIMER_INIT, 0);
@@ -370,10 +390,17 @@ fn ipi(k: usize, n: usize, rounds: u32) {
     }
 }
 
+/// Notes the TPR class the handlers check against.
+fn raise(k: usize, class: u8) {
+    if let Some(r) = RAISED.get(k) {
+        r.store(class, Ordering::SeqCst);
+    }
+}
+
 fn tpr(k: usize, rounds: u32) {
     for r in 1..=rounds {
         set_cr8(8);
-        RAISED[k].store(8, Ordering::SeqCst);
+        raise(k, 8);
         for v in [vec::TPR_LOW, vec::TPR_EQUAL, vec::TPR_HIGH] {
             vmmcall(HCALL | OP_POST_SELF, u64::from(v), 0);
         }
@@ -382,7 +409,7 @@ fn tpr(k: usize, rounds: u32) {
         for _ in 0..20 {
             sti_window();
         }
-        RAISED[k].store(0, Ordering::SeqCst);
+        raise(k, 0);
         set_cr8(0);
         wait(|| received(k, vec::TPR_LOW) >= r && received(k, vec::TPR_EQUAL) >= r);
     }
@@ -392,7 +419,7 @@ fn nested(k: usize, rounds: u32) {
     for r in 1..=rounds {
         wrmsr(SELF_IPI, u64::from(vec::NEST_LOW));
         wait(|| received(k, vec::NEST_LOW) >= r);
-        if NESTED_SEEN[k].load(Ordering::SeqCst) < r {
+        if NESTED_SEEN.get(k).map_or(0, |s| s.load(Ordering::SeqCst)) < r {
             ledger::violation(((k as u64) << 16) | (0x4 << 8) | u64::from(vec::NEST_HIGH));
         }
     }
@@ -440,22 +467,23 @@ extern "C" fn image_guest_dispatch(vector: u64, error: u64) {
             let hops = HOPS.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
             let target = ROUNDS.load(Ordering::SeqCst).wrapping_mul(n as u32);
             if hops < target {
-                send_ipi((k.wrapping_add(1)) % n.max(1), vec::TOKEN);
+                send_ipi(k.wrapping_add(1).checked_rem(n).unwrap_or(0), vec::TOKEN);
             } else {
                 RING_DONE.store(true, Ordering::SeqCst);
             }
         }
-        vec::BCAST => {
-            if ACKS.fetch_add(1, Ordering::SeqCst).wrapping_add(1) as usize == n.saturating_sub(1) {
-                send_ipi(0, vec::ACK);
-            }
+        vec::BCAST
+            if ACKS.fetch_add(1, Ordering::SeqCst).wrapping_add(1) as usize
+                == n.saturating_sub(1) =>
+        {
+            send_ipi(0, vec::ACK);
         }
         vec::NEST_LOW => nest_low(k),
         vec::NEST_HIGH => {
-            if IN_LOW.get(k).is_some_and(|f| f.load(Ordering::SeqCst)) {
-                if let Some(s) = NESTED_SEEN.get(k) {
-                    s.fetch_add(1, Ordering::SeqCst);
-                }
+            if IN_LOW.get(k).is_some_and(|f| f.load(Ordering::SeqCst))
+                && let Some(s) = NESTED_SEEN.get(k)
+            {
+                s.fetch_add(1, Ordering::SeqCst);
             }
             wrmsr(EOI, 0);
             // The EOI retired the higher vector: only the lower one stays.

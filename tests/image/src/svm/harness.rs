@@ -5,32 +5,34 @@
 //! through the real local APIC (vector 28), the engine's one-shot timer on
 //! the real LAPIC timer (vector 22), devices posting at seeded random times.
 //!
-//! All vCPUs of a run share the one CPU the image runs on, round-robin with
-//! a time slice (the host timer preempts a spinning guest).
+//! A [`World`] is the run loop of the vCPUs one CPU owns: all of them
+//! round-robin with a seeded time slice on a single CPU ([`run`] without
+//! APs), or exactly one per application processor (`smp::run`), the BSP
+//! then playing the devices.
 
-use core::cell::Cell;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::ops::Range;
+use core::sync::atomic::Ordering;
 
 use apic::ApicConfig;
-use doorbell::DoorbellPage;
-use kernel::platform::DisableAiRequest;
 use kernel::protocol::{ApicCall, ResultCode};
-use kernel::{EngineConfig, Env, Fabric, NoTimer, Platform, PlatformError, VcpuEngine, VcpuShared};
+use kernel::{EngineConfig, Env, Fabric, VcpuEngine};
 use vmsa::{EventInj, SevFeatures, VmsaAccess};
 
+use super::devices::Devices;
 use super::guest::{self, HCALL, OP_DONE, OP_POST_SELF, Program, vec};
+use super::host::{
+    self, FLAGS, GUEST_VMPL, HOST_TIMER_VECTOR, HostPlatform, KICK_VECTOR, RunShared,
+};
 use super::hw::{self, exit, off};
 use super::ledger::{self, HOST, MAX_VCPUS};
 use super::report::{Report, Stop};
 use super::vmcb::{self, Vcpu};
 use crate::{cpu, lapic, time};
 
-/// The host's own vectors, in 16-31 where no guest vector lives.
-pub const HOST_TIMER_VECTOR: u8 = 22;
-/// Guest VMPL (spec §1).
-const GUEST_VMPL: u8 = 2;
-/// Time slice of a guest vCPU.
-const SLICE_NS: u64 = 500_000;
+/// Time slice of a guest vCPU: 100 µs to 1 ms, from the seed.
+fn slice_ns(seed: u64) -> u64 {
+    Rng::new(seed ^ 0x51CE).below(900_000).wrapping_add(100_000)
+}
 
 /// What one run does.
 #[derive(Clone, Copy, Debug)]
@@ -43,111 +45,6 @@ pub struct RunConfig {
     pub break_recall: bool,
     /// The run counts as hung after this long.
     pub limit_ms: u64,
-}
-
-/// The run's doorbell pages and shared slots, for the #HV handler.
-static DOORBELLS: AtomicPtr<[DoorbellPage; MAX_VCPUS]> = AtomicPtr::new(core::ptr::null_mut());
-static SLOTS: AtomicPtr<[VcpuShared; MAX_VCPUS]> = AtomicPtr::new(core::ptr::null_mut());
-/// vCPUs the devices raised #HV for (bit k).
-static HV_PENDING: AtomicU32 = AtomicU32::new(0);
-/// #HVs taken through the LAPIC, and per-VMPL events they found.
-static HV_TAKEN: AtomicU32 = AtomicU32::new(0);
-static HV_EVENTS: AtomicU32 = AtomicU32::new(0);
-/// Host timer interrupts taken.
-static TIMER_IRQS: AtomicU32 = AtomicU32::new(0);
-
-/// Whether a run is in progress (the IDT routes vectors 22 and 28 here).
-pub fn active() -> bool {
-    !DOORBELLS.load(Ordering::SeqCst).is_null()
-}
-
-/// Vector 28 from the real LAPIC: the engine's #HV logic for every vCPU a
-/// device signalled (on one CPU, each vCPU's "own" #HV runs here).
-pub fn on_hv() {
-    HV_TAKEN.fetch_add(1, Ordering::SeqCst);
-    let pending = HV_PENDING.swap(0, Ordering::SeqCst);
-    let (db, sl) = (
-        DOORBELLS.load(Ordering::SeqCst),
-        SLOTS.load(Ordering::SeqCst),
-    );
-    // SAFETY: `run` publishes these pointers to its own locals only for
-    // the run's duration and nulls them (interrupts off) before they go;
-    // only atomics are accessed through them.
-    if let (Some(db), Some(sl)) = (unsafe { db.as_ref() }, unsafe { sl.as_ref() }) {
-        for (k, (page, slot)) in db.iter().zip(sl.iter()).enumerate() {
-            if pending & (1 << k) != 0 {
-                let ev = kernel::handle_hv(page, slot, 0);
-                if ev.vmpl_events != 0 {
-                    HV_EVENTS.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }
-    }
-    lapic::eoi();
-}
-
-/// Vector 22: the host timer (slice end or an engine deadline). The exit it
-/// caused is all it is for.
-pub fn on_timer() {
-    TIMER_IRQS.fetch_add(1, Ordering::SeqCst);
-    lapic::eoi();
-}
-
-/// The engine's platform for one vCPU: GHCB calls become direct actions.
-pub struct HostPlatform {
-    k: usize,
-    deadline: Cell<Option<u64>>,
-    pub specific_eois: Cell<u64>,
-    pub kicks: Cell<u64>,
-    pub level_up: Cell<bool>,
-}
-
-impl HostPlatform {
-    fn new(k: usize) -> Self {
-        Self {
-            k,
-            deadline: Cell::new(None),
-            specific_eois: Cell::new(0),
-            kicks: Cell::new(0),
-            level_up: Cell::new(false),
-        }
-    }
-}
-
-impl Platform for HostPlatform {
-    fn hv_ipi(&self, _icr: u64) -> Result<(), PlatformError> {
-        // A kick: every vCPU shares this CPU, whose loop visits the target.
-        self.kicks.set(self.kicks.get().saturating_add(1));
-        Ok(())
-    }
-    fn specific_eoi(&self, vmpl: u8, vector: u8) -> Result<(), PlatformError> {
-        if vmpl != GUEST_VMPL || vector != vec::LEVEL {
-            ledger::violation(((self.k as u64) << 16) | (0xE0 << 8) | u64::from(vector));
-        }
-        self.specific_eois
-            .set(self.specific_eois.get().saturating_add(1));
-        self.level_up.set(false);
-        Ok(())
-    }
-    fn disable_alternate_injection(&self, _r: DisableAiRequest) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn configure_notification_vector(&self, _v: u8) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn doorbell_page(&self, _r: kernel::platform::DoorbellRequest) -> Result<u64, PlatformError> {
-        Ok(0)
-    }
-    fn now(&self) -> u64 {
-        cpu::rdtsc()
-    }
-    fn has_timer(&self) -> bool {
-        true
-    }
-    fn arm_timer(&self, deadline: Option<u64>) -> Result<(), NoTimer> {
-        self.deadline.set(deadline);
-        Ok(())
-    }
 }
 
 /// Prepares `vcpu`'s VMCB: the host's mode, paging and GDT, the guest IDT,
@@ -220,22 +117,29 @@ impl Rng {
     }
 }
 
-/// Everything one run owns.
+/// The vCPUs one CPU runs, and what it needs of the whole run.
 pub struct World<'a> {
     cfg: RunConfig,
+    /// The vCPU indices this world owns; `vcpus`, `engines` and
+    /// `platforms` hold exactly these, in order.
+    own: Range<usize>,
     vcpus: &'a mut [Vcpu],
     engines: &'a mut [VcpuEngine],
     platforms: &'a [HostPlatform],
-    doorbells: &'a [DoorbellPage; MAX_VCPUS],
-    slots: &'a [VcpuShared; MAX_VCPUS],
+    run: &'a RunShared,
     halted: [bool; MAX_VCPUS],
     done: [bool; MAX_VCPUS],
-    configured: [bool; MAX_VCPUS],
+    /// The guest asked to stop while posts to it were outstanding: the
+    /// loop stops it once they are delivered (or withdrawn).
+    done_pending: [bool; MAX_VCPUS],
+    slice_ns: u64,
+    /// The devices, when this world also plays them (single CPU).
+    devices: Option<Devices>,
     report: Report,
 }
 
-/// Runs one program; returns its report (the verdict is `report.pass()`).
-pub fn run(cfg: RunConfig) -> Report {
+/// Resets the ledgers and the guests' shared state for a run of `cfg`.
+pub fn prepare(cfg: RunConfig) -> RunConfig {
     let n = cfg.vcpus.clamp(1, MAX_VCPUS);
     let cfg = RunConfig { vcpus: n, ..cfg };
     ledger::reset();
@@ -243,54 +147,70 @@ pub fn run(cfg: RunConfig) -> Report {
     guest::PROGRAM.store(cfg.program as u8, Ordering::SeqCst);
     guest::VCPUS.store(n as u32, Ordering::SeqCst);
     guest::ROUNDS.store(cfg.rounds, Ordering::SeqCst);
-    let doorbells: [DoorbellPage; MAX_VCPUS] = [const { DoorbellPage::new() }; MAX_VCPUS];
-    let slots: [VcpuShared; MAX_VCPUS] = [const { VcpuShared::new() }; MAX_VCPUS];
+    cfg
+}
+
+/// vCPU `k`'s engine configuration; kicks go to `host_apic_id` on vector 23.
+fn engine_config(k: usize, host_apic_id: u32, emulate: bool) -> EngineConfig {
+    let tpb = (time::tsc_per_ms() / 1_000_000).max(1) as u32;
+    EngineConfig {
+        index: k,
+        host_apic_id,
+        apic: ApicConfig {
+            apic_id: k as u32,
+            bsp: k == 0,
+            ticks_per_bus_cycle: tpb,
+            directed_eoi: false,
+        },
+        guest_vmpl: GUEST_VMPL,
+        notification_vector: KICK_VECTOR,
+        emulate,
+    }
+}
+
+fn new_engine(k: usize, host_apic_id: u32, emulate: bool, run: &RunShared) -> VcpuEngine {
+    match VcpuEngine::new(
+        engine_config(k, host_apic_id, emulate),
+        Fabric::new(&run.slots),
+    ) {
+        Ok(e) => e,
+        Err(e) => crate::runner::fail(format_args!("svm: cannot create engine {k}: {e:?}")),
+    }
+}
+
+/// Runs one program on this CPU alone: every vCPU round-robin, the devices
+/// between runs. Returns its report (verdict in `report.pass`).
+pub fn run(cfg: RunConfig) -> Report {
+    let cfg = prepare(cfg);
+    let n = cfg.vcpus;
+    let me = lapic::id();
+    host::reset(|_| me);
+    let shared = RunShared::new(cfg);
     let mut vcpus: [Vcpu; MAX_VCPUS] = [const { Vcpu::new() }; MAX_VCPUS];
     let platforms: [HostPlatform; MAX_VCPUS] = core::array::from_fn(HostPlatform::new);
-    let tpb = (time::tsc_per_ms() / 1_000_000).max(1) as u32;
-    let mut engines: [Option<VcpuEngine>; MAX_VCPUS] = [const { None }; MAX_VCPUS];
     let entry = guest::guest_entry as *const () as u64;
-    for (k, (vcpu, engine)) in vcpus.iter_mut().zip(engines.iter_mut()).enumerate().take(n) {
+    for (k, vcpu) in vcpus.iter_mut().enumerate().take(n) {
         init_vmcb(vcpu, k, entry);
         vcpu.break_recall = cfg.break_recall;
-        let config = EngineConfig {
-            index: k,
-            host_apic_id: 0,
-            apic: ApicConfig {
-                apic_id: k as u32,
-                bsp: k == 0,
-                ticks_per_bus_cycle: tpb,
-                directed_eoi: false,
-            },
-            guest_vmpl: GUEST_VMPL,
-            notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
-            emulate: true,
-        };
-        *engine = VcpuEngine::new(config, Fabric::new(&slots)).ok();
     }
-    let mut live: [VcpuEngine; MAX_VCPUS] = core::array::from_fn(|k| {
-        engines
-            .get_mut(k)
-            .and_then(Option::take)
-            .unwrap_or_else(|| placeholder_engine(k, &slots))
-    });
+    let mut engines: [VcpuEngine; MAX_VCPUS] =
+        core::array::from_fn(|k| new_engine(k, me, k < n, &shared));
     cpu::cli();
-    DOORBELLS.store(core::ptr::from_ref(&doorbells).cast_mut(), Ordering::SeqCst);
-    SLOTS.store(core::ptr::from_ref(&slots).cast_mut(), Ordering::SeqCst);
-    HV_PENDING.store(0, Ordering::SeqCst);
-    HV_TAKEN.store(0, Ordering::SeqCst);
-    HV_EVENTS.store(0, Ordering::SeqCst);
-    TIMER_IRQS.store(0, Ordering::SeqCst);
+    // SAFETY: `shared` outlives the publication, retracted below with
+    // interrupts off after the loop; it is only read through atomics.
+    unsafe { host::publish(&shared) };
     let mut world = World {
         cfg,
+        own: 0..n,
         vcpus: vcpus.get_mut(..n).unwrap_or_default(),
-        engines: live.get_mut(..n).unwrap_or_default(),
+        engines: engines.get_mut(..n).unwrap_or_default(),
         platforms: platforms.get(..n).unwrap_or_default(),
-        doorbells: &doorbells,
-        slots: &slots,
+        run: &shared,
         halted: [false; MAX_VCPUS],
         done: [false; MAX_VCPUS],
-        configured: [false; MAX_VCPUS],
+        done_pending: [false; MAX_VCPUS],
+        slice_ns: slice_ns(cfg.seed),
+        devices: Some(Devices::new(cfg)),
         report: Report::new(cfg),
     };
     let started = cpu::rdtsc();
@@ -299,44 +219,103 @@ pub fn run(cfg: RunConfig) -> Report {
     lapic::stop_timer();
     hw::irq_window();
     cpu::cli();
-    DOORBELLS.store(core::ptr::null_mut(), Ordering::SeqCst);
-    SLOTS.store(core::ptr::null_mut(), Ordering::SeqCst);
-    world.report.hv_taken = u64::from(HV_TAKEN.load(Ordering::SeqCst));
-    world.report.timer_irqs = u64::from(TIMER_IRQS.load(Ordering::SeqCst));
+    host::retract();
+    world.finish();
+    let mut report = world.report;
+    report.host_counters();
+    report.verdict();
+    report
+}
+
+/// Runs vCPU `k` of the published run on this CPU (an AP) until its guest
+/// is done or the BSP says stop; returns this CPU's part of the report.
+pub fn run_owned(shared: &RunShared, k: usize) -> Report {
+    let cfg = shared.cfg;
+    let mut vcpu = Vcpu::new();
+    init_vmcb(&mut vcpu, k, guest::guest_entry as *const () as u64);
+    vcpu.break_recall = cfg.break_recall;
+    let platform = HostPlatform::new(k);
+    let mut engine = new_engine(k, lapic::id(), true, shared);
+    let mut world = World {
+        cfg,
+        own: k..k.saturating_add(1),
+        vcpus: core::slice::from_mut(&mut vcpu),
+        engines: core::slice::from_mut(&mut engine),
+        platforms: core::slice::from_ref(&platform),
+        run: shared,
+        halted: [false; MAX_VCPUS],
+        done: [false; MAX_VCPUS],
+        done_pending: [false; MAX_VCPUS],
+        slice_ns: slice_ns(cfg.seed),
+        devices: None,
+        report: Report::new(cfg),
+    };
+    cpu::cli();
+    world.main_loop();
+    lapic::stop_timer();
+    hw::irq_window();
+    cpu::cli();
     world.finish();
     world.report
 }
 
-/// An engine for an unused slot index (never run).
-fn placeholder_engine(k: usize, slots: &[VcpuShared; MAX_VCPUS]) -> VcpuEngine {
-    let config = EngineConfig {
-        index: k,
-        host_apic_id: 0,
-        apic: ApicConfig {
-            apic_id: k as u32,
-            bsp: false,
-            ticks_per_bus_cycle: 1,
-            directed_eoi: false,
-        },
-        guest_vmpl: GUEST_VMPL,
-        notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
-        emulate: false,
-    };
-    match VcpuEngine::new(config, Fabric::new(slots)) {
-        Ok(e) => e,
-        Err(_) => crate::runner::fail(format_args!("svm: cannot create engine {k}")),
+/// Host-side ledger of the guest's APIC timer around one engine call: an
+/// expiry is a new instance only when it put the vector into IRR (a masked
+/// timer expires without a request, a vector already in IRR coalesces), or
+/// straight into EVENTINJ (IRR -> ISR within `before_run`).
+struct TimerWatch {
+    fires: u64,
+    in_irr: bool,
+    eventinj_busy: bool,
+}
+
+impl TimerWatch {
+    fn before(engine: &VcpuEngine, vcpu: &Vcpu) -> Self {
+        Self {
+            fires: engine.counters().timer_fires,
+            in_irr: engine.apic().irr().contains(vec::TIMER),
+            eventinj_busy: vcpu.event_inj().valid(),
+        }
+    }
+
+    /// `call`: after a register call, where the APIC polls the timer
+    /// itself (LVT, initial count and divide writes) without the engine's
+    /// `timer_fires` and nothing is presented.
+    fn after(&self, k: usize, engine: &VcpuEngine, vcpu: &Vcpu, call: bool) {
+        if self.in_irr || (!call && engine.counters().timer_fires == self.fires) {
+            return;
+        }
+        let ev = vcpu.event_inj();
+        let injected = !self.eventinj_busy
+            && ev.valid()
+            && ev.event_type() == vmsa::EventType::Intr
+            && ev.vector() == vec::TIMER;
+        if engine.apic().irr().contains(vec::TIMER) || injected {
+            HOST.add(k, usize::from(vec::TIMER));
+        }
     }
 }
 
 /// Converts a TSC interval to LAPIC timer ticks (QEMU: 1 GHz, divide by 1).
 fn tsc_to_ns(ticks: u64) -> u64 {
-    ticks.saturating_mul(1_000_000) / time::tsc_per_ms().max(1)
+    ticks
+        .saturating_mul(1_000_000)
+        .checked_div(time::tsc_per_ms())
+        .unwrap_or(0)
+}
+
+/// Whether vCPU `k`, which asked to stop, may: every device post to it
+/// was delivered (and, in `device`, its wake-up, the devices' last post to
+/// it, arrived).
+fn drained(program: Program, k: usize) -> bool {
+    let woken = program != Program::Device || ledger::GUEST.get(k, usize::from(vec::WAKE)) > 0;
+    woken && !ledger::outstanding_on(k)
 }
 
 /// Arms the host timer for the earliest engine deadline or the slice.
-fn arm_host_timer(platforms: &[HostPlatform]) {
+fn arm_host_timer(platforms: &[HostPlatform], slice_ns: u64) {
     let now = cpu::rdtsc();
-    let slice_end = now.saturating_add(SLICE_NS.saturating_mul(time::tsc_per_ms()) / 1_000_000);
+    let slice_end = now.saturating_add(slice_ns.saturating_mul(time::tsc_per_ms()) / 1_000_000);
     let next = platforms
         .iter()
         .filter_map(|p| p.deadline.get())
@@ -346,38 +325,64 @@ fn arm_host_timer(platforms: &[HostPlatform]) {
 }
 
 impl<'a> World<'a> {
+    /// Position of vCPU `k` in the owned slices.
+    fn local(&self, k: usize) -> usize {
+        k.wrapping_sub(self.own.start)
+    }
+
     /// vCPU `k`'s engine environment (borrows nothing of `self`).
     fn env(&self, k: usize) -> Option<Env<'a, HostPlatform>> {
         Some(Env {
-            platform: self.platforms.get(k)?,
-            fabric: Fabric::new(self.slots),
-            doorbell: self.doorbells.get(k)?,
+            platform: self.platforms.get(self.local(k))?,
+            fabric: Fabric::new(&self.run.slots),
+            doorbell: self.run.doorbells.get(k)?,
             caa_no_eoi: None,
         })
     }
 
+    /// vCPU `k`'s engine and VMCB.
+    fn parts(&mut self, k: usize) -> Option<(&mut VcpuEngine, &mut Vcpu)> {
+        let i = self.local(k);
+        Some((self.engines.get_mut(i)?, self.vcpus.get_mut(i)?))
+    }
+
     fn main_loop(&mut self) {
-        let n = self.cfg.vcpus;
+        let own = self.own.clone();
+        let n = own.len();
         let limit = time::Deadline::after_ms(self.cfg.limit_ms);
-        let mut devices = super::devices::Devices::new(self.cfg);
         let mut next = 0usize;
         loop {
-            if self.done.iter().take(n).all(|&d| d) {
+            if own
+                .clone()
+                .all(|k| self.done.get(k).copied().unwrap_or(true))
+            {
                 self.report.stop = Stop::Done;
                 return;
             }
-            if limit.passed() {
+            if limit.passed() || host::STOP.load(Ordering::SeqCst) {
                 self.report.stop = Stop::Hang;
                 return;
             }
-            if self.cfg.program == Program::Device && self.configured.iter().take(n).all(|&c| c) {
-                devices.step(self);
+            if let Some(devices) = self.devices.as_mut()
+                && host::all_configured(self.cfg.vcpus)
+            {
+                devices.step(self.run);
             }
             hw::irq_window();
             let mut ran = false;
             for step in 0..n {
-                let k = (next.wrapping_add(step)) % n;
+                let k = own
+                    .start
+                    .wrapping_add(next.wrapping_add(step).checked_rem(n).unwrap_or(0));
                 if self.done.get(k).copied().unwrap_or(true) {
+                    continue;
+                }
+                if self.done_pending.get(k).copied().unwrap_or(false)
+                    && drained(self.cfg.program, k)
+                {
+                    if let Some(d) = self.done.get_mut(k) {
+                        *d = true;
+                    }
                     continue;
                 }
                 match self.cycle(k) {
@@ -391,7 +396,7 @@ impl<'a> World<'a> {
             }
             next = next.wrapping_add(1);
             if !ran {
-                arm_host_timer(self.platforms);
+                arm_host_timer(self.platforms, self.slice_ns);
                 self.report.idles = self.report.idles.saturating_add(1);
                 hw::idle();
             }
@@ -403,28 +408,33 @@ impl<'a> World<'a> {
         let Some(env) = self.env(k) else {
             return Err(Stop::Fatal);
         };
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+        let i = self.local(k);
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(i), self.vcpus.get_mut(i)) else {
             return Err(Stop::Fatal);
         };
-        let timer_in_irr = engine.apic().irr().contains(vec::TIMER);
-        let fires = engine.counters().timer_fires;
+        let timer = TimerWatch::before(engine, vcpu);
         if engine.before_run(&env, vcpu).is_err() {
             return Err(Stop::Fatal);
         }
-        if engine.counters().timer_fires > fires && !timer_in_irr {
-            HOST.add(k, usize::from(vec::TIMER));
-        }
+        timer.after(k, engine, vcpu, false);
         if let Some(halted) = self.halted.get_mut(k)
             && *halted
         {
             let presented =
                 vcpu.event_inj().valid() || vmcb::apm_virq_deliverable(vcpu.vintr_ctrl());
-            if !presented {
+            // An NMI delivered through EVENTINJ stays in service until the
+            // next exit (kernel::nmi, no IRET signal without vNMI): a pending
+            // one needs that exit, so the halted guest runs once more.
+            let nmi_waits = engine.nmi().pending();
+            if !presented && !nmi_waits {
                 return Ok(false);
+            }
+            if !presented {
+                self.report.nmi_wakes = self.report.nmi_wakes.saturating_add(1);
             }
             *halted = false;
         }
-        arm_host_timer(self.platforms);
+        arm_host_timer(self.platforms, self.slice_ns);
         let code = vmcb::run(vcpu);
         let info = match engine.after_exit(&env, vcpu) {
             Ok(info) => info,
@@ -439,7 +449,7 @@ impl<'a> World<'a> {
     fn handle_exit(&mut self, k: usize, code: u64) -> Result<(), Stop> {
         match code {
             exit::HLT => {
-                if let Some(v) = self.vcpus.get_mut(k) {
+                if let Some((_, v)) = self.parts(k) {
                     v.skip(1);
                 }
                 if let Some(h) = self.halted.get_mut(k) {
@@ -458,7 +468,7 @@ impl<'a> World<'a> {
             exit::INTR | exit::NMI | exit::BUSY => Ok(()),
             other => {
                 self.report.bad_exit = other;
-                self.report.bad_rip = self.vcpus.get(k).map_or(0, Vcpu::rip);
+                self.report.bad_rip = self.vcpus.get(self.local(k)).map_or(0, Vcpu::rip);
                 Err(Stop::BadExit)
             }
         }
@@ -467,7 +477,8 @@ impl<'a> World<'a> {
     /// RDMSR/WRMSR of an intercepted APIC MSR -> protocol 3 register call.
     fn msr(&mut self, k: usize) {
         let Some(env) = self.env(k) else { return };
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+        let i = self.local(k);
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(i), self.vcpus.get_mut(i)) else {
             return;
         };
         let msr = vcpu.rcx() & 0xFFFF_FFFF;
@@ -478,7 +489,9 @@ impl<'a> World<'a> {
         } else {
             ApicCall::ReadRegister { msr }
         };
+        let timer = TimerWatch::before(engine, vcpu);
         let result = engine.handle_apic_call(&env, vcpu, call);
+        timer.after(k, engine, vcpu, true);
         if result.code != ResultCode::Success {
             // The guest's #VC handler would raise #GP(0).
             if vcpu.event_inj().valid() {
@@ -523,30 +536,39 @@ impl<'a> World<'a> {
 
     fn vmmcall(&mut self, k: usize) {
         let Some(env) = self.env(k) else { return };
-        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(k), self.vcpus.get_mut(k)) else {
+        let i = self.local(k);
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(i), self.vcpus.get_mut(i)) else {
             return;
         };
         vcpu.skip(3);
         let rax = vcpu.rax();
         if rax >> 32 == 3 {
             let result = engine.handle_apic_call_in_vmsa(&env, vcpu);
-            if rax & 0xFFFF_FFFF == 4 && result.code == ResultCode::Success {
-                if let Some(c) = self.configured.get_mut(k) {
-                    *c = true;
-                }
+            if rax & 0xFFFF_FFFF == 4
+                && result.code == ResultCode::Success
+                && let Some(f) = FLAGS.get(k)
+            {
+                f.configured.store(true, Ordering::SeqCst);
             }
             return;
         }
         match rax.wrapping_sub(HCALL) {
             OP_DONE => {
-                if let Some(d) = self.done.get_mut(k) {
-                    *d = true;
+                if let Some(f) = FLAGS.get(k) {
+                    f.done_asked.store(true, Ordering::SeqCst);
                 }
-                vcpu.set_rax(0);
+                let drained = drained(self.cfg.program, k);
+                if let Some(d) = self.done.get_mut(k) {
+                    *d = drained;
+                }
+                if let Some(p) = self.done_pending.get_mut(k) {
+                    *p = !drained;
+                }
+                vcpu.set_rax(u64::from(!drained));
             }
             OP_POST_SELF => {
                 let vector = (vcpu.rcx() & 0xFF) as u8;
-                let ok = post_edge(self.doorbells, k, vector);
+                let ok = host::post_edge(self.run, k, vector);
                 vcpu.set_rax(u64::from(!ok));
             }
             _ => vcpu.set_rax(ResultCode::UnsupportedProtocol.value()),
@@ -555,11 +577,12 @@ impl<'a> World<'a> {
 
     /// After the loop: the report's per-vCPU figures and the verdict.
     fn finish(&mut self) {
-        for k in 0..self.cfg.vcpus {
+        for k in self.own.clone() {
+            let i = self.local(k);
             let (Some(engine), Some(vcpu), Some(p)) = (
-                self.engines.get(k),
-                self.vcpus.get(k),
-                self.platforms.get(k),
+                self.engines.get(i),
+                self.vcpus.get(i),
+                self.platforms.get(i),
             ) else {
                 continue;
             };
@@ -571,53 +594,5 @@ impl<'a> World<'a> {
                 p.kicks.get(),
             );
         }
-        self.report.verdict();
     }
 }
-
-/// A device posts edge `vector` to vCPU `k` through its doorbell page and
-/// raises #HV through the real LAPIC if NoFurtherSignal was clear. Claims
-/// the instance first; false (nothing posted) if one is outstanding.
-pub fn post_edge(doorbells: &[DoorbellPage; MAX_VCPUS], k: usize, vector: u8) -> bool {
-    let Some(page) = doorbells.get(k) else {
-        return false;
-    };
-    if !ledger::claim(k, usize::from(vector), cpu::rdtsc()) {
-        return false;
-    }
-    if page.host().post_vector(GUEST_VMPL, vector).is_err() {
-        ledger::unclaim(k, usize::from(vector));
-        return false;
-    }
-    HOST.add(k, usize::from(vector));
-    signal(page, k);
-    true
-}
-
-/// Raises #HV for vCPU `k` (vector 28 self-IPI on the real LAPIC) when the
-/// doorbell protocol allows (NoFurtherSignal was clear).
-pub fn signal(page: &DoorbellPage, k: usize) {
-    if page.host().raise_no_further_signal() {
-        HV_PENDING.fetch_or(1 << k, Ordering::SeqCst);
-        lapic::self_ipi(crate::idt::HV_VECTOR);
-    }
-}
-
-/// Access for the devices model.
-impl World<'_> {
-    pub(super) fn doorbells(&self) -> &[DoorbellPage; MAX_VCPUS] {
-        self.doorbells
-    }
-    pub(super) fn platform(&self, k: usize) -> Option<&HostPlatform> {
-        self.platforms.get(k)
-    }
-    pub(super) fn cfg(&self) -> RunConfig {
-        self.cfg
-    }
-    pub(super) fn halted_all(&self) -> bool {
-        self.halted.iter().take(self.cfg.vcpus).all(|&h| h)
-    }
-}
-
-/// The run's state as the devices model sees it.
-pub type HarnessWorld<'a> = World<'a>;

@@ -52,8 +52,6 @@ impl Default for Page {
 pub mod off {
     /// CR read intercepts (u16) | CR write intercepts (u16) << 16.
     pub const CR_INTERCEPTS: usize = 0x00;
-    /// Exception intercepts (u32 at 0x08).
-    pub const EXC_INTERCEPTS: usize = 0x08;
     /// Instruction intercepts, vectors 3 (0x0C) and 4 (0x10), read as one u64
     /// from 0x08 + 4: kept in the word at 0x08 (high half) and 0x10 (low half).
     pub const MSRPM_BASE: usize = 0x48;
@@ -94,15 +92,11 @@ pub mod off {
 /// Exit codes the harness handles (APM vol. 2 appendix C).
 pub mod exit {
     pub const CR8_WRITE: u64 = 0x18;
-    pub const EXCP_BASE: u64 = 0x40;
     pub const INTR: u64 = 0x60;
     pub const NMI: u64 = 0x61;
-    pub const VINTR: u64 = 0x64;
     pub const HLT: u64 = 0x78;
     pub const MSR: u64 = 0x7C;
-    pub const SHUTDOWN: u64 = 0x7F;
     pub const VMMCALL: u64 = 0x81;
-    pub const NPF: u64 = 0x400;
     /// VMEXIT_INVALID as QEMU writes it: the u32 -1, zero-extended (quirk).
     pub const INVALID_QEMU: u64 = 0xFFFF_FFFF;
     pub const INVALID: u64 = u64::MAX;
@@ -278,21 +272,26 @@ const MSR_VM_CR: u32 = 0xC001_0114;
 const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
 const EFER_SVME: u64 = 1 << 12;
 
-/// The host state-save page VMRUN uses (one CPU).
-static HSAVE: Page = Page::new();
+/// The host state-save page VMRUN uses, one per CPU (BSP 0, AP i at i + 1).
+static HSAVE: [Page; 1 + super::smp::MAX_APS] = [const { Page::new() }; 1 + super::smp::MAX_APS];
 
 /// SVM features of CPUID 0x8000_000A EDX (APM vol. 3 appendix E.4.9).
 #[derive(Clone, Copy, Debug)]
 pub struct SvmFeatures {
-    pub asids: u32,
     pub npt: bool,
     pub nrips: bool,
     pub vgif: bool,
     pub vnmi: bool,
 }
 
-/// Enables SVM on this CPU (EFER.SVME, VM_HSAVE_PA). Idempotent.
+/// Enables SVM on the BSP (EFER.SVME, VM_HSAVE_PA). Idempotent.
 pub fn enable() -> Result<SvmFeatures, &'static str> {
+    enable_on(0)
+}
+
+/// Enables SVM on CPU `cpu` (0 = BSP) with its own host save page.
+pub fn enable_on(cpu: usize) -> Result<SvmFeatures, &'static str> {
+    let hsave = HSAVE.get(cpu).ok_or("no host save page for this CPU")?;
     let (_, _, ecx, _) = cpuid(0x8000_0001);
     if ecx & (1 << 2) == 0 {
         return Err("CPUID: no SVM (run QEMU with -cpu max)");
@@ -301,10 +300,9 @@ pub fn enable() -> Result<SvmFeatures, &'static str> {
         return Err("VM_CR.SVMDIS is set");
     }
     wrmsr(MSR_EFER, rdmsr(MSR_EFER) | EFER_SVME);
-    wrmsr(MSR_VM_HSAVE_PA, HSAVE.pa());
-    let (_, asids, _, edx) = cpuid(0x8000_000A);
+    wrmsr(MSR_VM_HSAVE_PA, hsave.pa());
+    let (_, _, _, edx) = cpuid(0x8000_000A);
     Ok(SvmFeatures {
-        asids,
         npt: edx & 1 != 0,
         nrips: edx & (1 << 3) != 0,
         vgif: edx & (1 << 16) != 0,

@@ -107,9 +107,11 @@ pub fn unclaim(vcpu: usize, vector: usize) {
     }
 }
 
-/// Whether `vector` is outstanding on `vcpu`.
-pub fn outstanding(vcpu: usize, vector: usize) -> bool {
-    word(vcpu, vector).is_some_and(|(w, bit)| w.load(Ordering::SeqCst) & bit != 0)
+/// Whether any claim is outstanding on `vcpu`.
+pub fn outstanding_on(vcpu: usize) -> bool {
+    OUTSTANDING
+        .get(vcpu)
+        .is_some_and(|words| words.iter().any(|w| w.load(Ordering::SeqCst) != 0))
 }
 
 /// Claims still outstanding on any vCPU.

@@ -16,11 +16,13 @@
 pub mod devices;
 pub mod guest;
 pub mod harness;
+pub mod host;
 pub mod hw;
 pub mod ledger;
 pub mod programs;
 pub mod quirks;
 pub mod report;
+pub mod smp;
 pub mod vmcb;
 
 use crate::runner;
@@ -47,6 +49,16 @@ pub fn init() -> Result<hw::SvmFeatures, &'static str> {
     Ok(features)
 }
 
+/// One run: one vCPU per AP when there are enough APs (the BSP then plays
+/// the devices), else every vCPU round-robin on the BSP.
+fn run(aps: u32, cfg: RunConfig) -> report::Report {
+    if aps as usize >= cfg.vcpus {
+        smp::run(cfg)
+    } else {
+        harness::run(cfg)
+    }
+}
+
 fn usage() -> ! {
     println!(
         "usage: svm PROGRAM [VCPUS [SEED [ROUNDS [broken]]]] | svm all [SEEDS [VCPUS]]\n\
@@ -61,7 +73,8 @@ pub fn main(args: &str) -> ! {
         Ok(f) => f,
         Err(e) => runner::fail(format_args!("svm: {e}")),
     };
-    println!("svm: SVM on, {features:?}");
+    let aps = smp::start_aps();
+    println!("svm: SVM on, {features:?}; {aps} application processors up");
     let mut words = args.split_whitespace();
     let what = words.next().unwrap_or("all");
     let mut num = |default: u64| {
@@ -77,18 +90,21 @@ pub fn main(args: &str) -> ! {
         let mut runs = 0u32;
         for program in Program::ALL {
             for seed in 1..=seeds {
-                let report = harness::run(RunConfig {
-                    program,
-                    vcpus: vcpus as usize,
-                    seed,
-                    rounds: default_rounds(program),
-                    break_recall: false,
-                    limit_ms: 20_000,
-                });
+                let report = run(
+                    aps,
+                    RunConfig {
+                        program,
+                        vcpus: vcpus as usize,
+                        seed,
+                        rounds: default_rounds(program),
+                        break_recall: false,
+                        limit_ms: 20_000,
+                    },
+                );
                 report.print();
-                runs += 1;
+                runs = runs.saturating_add(1);
                 if !report.pass {
-                    failed += 1;
+                    failed = failed.saturating_add(1);
                 }
             }
         }
@@ -104,14 +120,17 @@ pub fn main(args: &str) -> ! {
         usage()
     };
     let broken = words.next() == Some("broken");
-    let report = harness::run(RunConfig {
-        program,
-        vcpus: vcpus as usize,
-        seed,
-        rounds: rounds as u32,
-        break_recall: broken,
-        limit_ms: if broken { 5_000 } else { 20_000 },
-    });
+    let report = run(
+        aps,
+        RunConfig {
+            program,
+            vcpus: vcpus as usize,
+            seed,
+            rounds: rounds as u32,
+            break_recall: broken,
+            limit_ms: if broken { 5_000 } else { 20_000 },
+        },
+    );
     report.print();
     runner::exit(report.pass)
 }

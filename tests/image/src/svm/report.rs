@@ -54,8 +54,15 @@ pub struct Report {
     pub stop: Stop,
     pub tsc: u64,
     pub idles: u64,
+    /// Halted vCPUs run only so that a pending NMI can follow one in service.
+    pub nmi_wakes: u64,
     pub hv_taken: u64,
     pub timer_irqs: u64,
+    /// Kicks sent as real IPIs to another CPU, and kick IPIs received.
+    pub kick_ipis: u64,
+    pub kicks_received: u64,
+    /// CPUs the vCPUs ran on (1: round-robin on one CPU).
+    pub cpus: usize,
     pub exits: [u64; 6],
     pub bad_exit: u64,
     pub bad_rip: u64,
@@ -82,8 +89,12 @@ impl Report {
             stop: Stop::Running,
             tsc: 0,
             idles: 0,
+            nmi_wakes: 0,
             hv_taken: 0,
             timer_irqs: 0,
+            kick_ipis: 0,
+            kicks_received: 0,
+            cpus: 1,
             exits: [0; 6],
             bad_exit: 0,
             bad_rip: 0,
@@ -99,6 +110,36 @@ impl Report {
             violations: 0,
             level_mismatch: 0,
             pass: false,
+        }
+    }
+
+    /// Takes the host interrupt counters of all CPUs (after the run).
+    pub fn host_counters(&mut self) {
+        use super::host::{HV_TAKEN, KICK_IPIS, KICKS_RECEIVED, TIMER_IRQS};
+        self.hv_taken = HV_TAKEN.load(Ordering::SeqCst);
+        self.timer_irqs = TIMER_IRQS.load(Ordering::SeqCst);
+        self.kick_ipis = KICK_IPIS.load(Ordering::SeqCst);
+        self.kicks_received = KICKS_RECEIVED.load(Ordering::SeqCst);
+    }
+
+    /// Adds another CPU's part (its vCPU `k`'s figures, exits, idles).
+    pub fn absorb(&mut self, other: &Report, k: usize) {
+        if let (Some(dst), Some(src)) = (self.vcpus.get_mut(k), other.vcpus.get(k)) {
+            *dst = *src;
+        }
+        for (a, b) in self.exits.iter_mut().zip(other.exits.iter()) {
+            *a = a.saturating_add(*b);
+        }
+        self.idles = self.idles.saturating_add(other.idles);
+        self.nmi_wakes = self.nmi_wakes.saturating_add(other.nmi_wakes);
+        self.gp_displaced = self.gp_displaced.saturating_add(other.gp_displaced);
+        self.tsc = self.tsc.max(other.tsc);
+        if other.stop != Stop::Done {
+            self.stop = other.stop;
+            if other.stop == Stop::BadExit {
+                self.bad_exit = other.bad_exit;
+                self.bad_rip = other.bad_rip;
+            }
         }
     }
 
@@ -229,16 +270,21 @@ impl Report {
     /// VMRUNs per delivered interrupt, times 100.
     pub fn vmruns_per_irq_x100(&self) -> u64 {
         let t = self.totals();
-        t.fixups.vmruns.saturating_mul(100) / t.delivered.max(1)
+        div(t.fixups.vmruns.saturating_mul(100), t.delivered)
     }
 
     /// Prints the table and the verdict line `svm: ... PASS|FAIL`.
     pub fn print(&self) {
         let c = &self.cfg;
         println!(
-            "svm: program {}, {} vCPUs (one CPU, round-robin), seed {}, rounds {}{}",
+            "svm: program {}, {} vCPUs on {}, seed {}, rounds {}{}",
             c.program.name(),
             c.vcpus,
+            if self.cpus > 1 {
+                "their own CPUs (one per AP; devices on the BSP)"
+            } else {
+                "one CPU (round-robin)"
+            },
             c.seed,
             c.rounds,
             if c.break_recall {
@@ -251,7 +297,7 @@ impl Report {
             "  vcpu delivered eventinj  v_irq v_irq_taken reinjected recalled forged  vmruns vmruns/irq  cr8 withheld"
         );
         let row = |name: &str, f: &VcpuFigures| {
-            let per = f.fixups.vmruns.saturating_mul(100) / f.delivered.max(1);
+            let per = div(f.fixups.vmruns.saturating_mul(100), f.delivered);
             println!(
                 "  {name:>4} {:>9} {:>8} {:>6} {:>11} {:>10} {:>8} {:>6} {:>7} {:>7}.{:02} {:>4} {:>8}",
                 f.delivered,
@@ -262,8 +308,8 @@ impl Report {
                 f.recalled,
                 f.forged,
                 f.fixups.vmruns,
-                per / 100,
-                per % 100,
+                div(per, 100),
+                per.checked_rem(100).unwrap_or(0),
                 f.fixups.cr8_writes,
                 f.fixups.virq_withheld
             );
@@ -281,21 +327,40 @@ impl Report {
         print_exits(&exits);
         let n = ledger::LATENCY_N.load(Ordering::SeqCst);
         let max = ledger::MAX_LATENCY.load(Ordering::SeqCst);
-        let mean = ledger::LATENCY_SUM.load(Ordering::SeqCst) / n.max(1);
-        let per_us = (time::tsc_per_ms() / 1000).max(1);
+        let mean = div(ledger::LATENCY_SUM.load(Ordering::SeqCst), n);
+        let per_us = div(time::tsc_per_ms(), 1000);
         println!(
             "  latency (device post -> guest handler, {n} instances): max {max} TSC ticks ({} us), mean {mean} ({} us)",
-            max / per_us,
-            mean / per_us
+            div(max, per_us),
+            div(mean, per_us)
         );
         println!(
-            "  host: {} #HV via LAPIC vector 28, {} host timer irqs, {} idle halts, run {} ms",
+            "  host: {} #HV via LAPIC vector 28, {} host timer irqs, {} kick IPIs sent / {} taken, {} idle halts, {} NMI wakes, run {} ms",
             self.hv_taken,
             self.timer_irqs,
+            self.kick_ipis,
+            self.kicks_received,
             self.idles,
-            self.tsc / time::tsc_per_ms().max(1)
+            self.nmi_wakes,
+            div(self.tsc, time::tsc_per_ms())
         );
         let t = self.totals();
+        let engine = self.vcpus.iter().take(c.vcpus).fold([0u64; 5], |mut a, f| {
+            for (x, y) in a.iter_mut().zip([
+                f.timer_fires,
+                f.ipis_sent,
+                f.nmis,
+                f.kicks,
+                f.protocol_calls,
+            ]) {
+                *x = x.saturating_add(y);
+            }
+            a
+        });
+        let [fires, ipis, nmis, kicks, calls] = engine;
+        println!(
+            "  engine: {fires} timer expiries, {ipis} IPIs sent, {nmis} NMIs injected, {kicks} kicks, {calls} protocol calls"
+        );
         println!(
             "  quirks: V_IRQ withheld (prio == V_TPR) {}, CR8 writes emulated {}, V_IRQ cut as type-3 {}, VMRUN refused (BUSY) {}",
             t.fixups.virq_withheld,
@@ -323,16 +388,22 @@ impl Report {
             );
         }
         println!(
-            "svm: {} seed {} vmruns/irq {}.{:02} max-latency {} stop {:?} {}",
+            "svm: {} cpus {} seed {} vmruns/irq {}.{:02} max-latency {} stop {:?} {}",
             c.program.name(),
+            self.cpus,
             c.seed,
-            self.vmruns_per_irq_x100() / 100,
-            self.vmruns_per_irq_x100() % 100,
+            div(self.vmruns_per_irq_x100(), 100),
+            self.vmruns_per_irq_x100().checked_rem(100).unwrap_or(0),
             max,
             self.stop,
             if self.pass { "PASS" } else { "FAIL" }
         );
     }
+}
+
+/// `a / b`, 0 when `b` is 0.
+fn div(a: u64, b: u64) -> u64 {
+    a.checked_div(b).unwrap_or(0)
 }
 
 fn print_exits(exits: &[u64; 6]) {

@@ -94,9 +94,14 @@ impl Vcpu {
         self.vmcb.get(off::RIP)
     }
 
-    /// Moves the guest RIP on by `len` bytes (QEMU never writes NRIP).
+    /// Moves the guest RIP on by `len` bytes (QEMU never writes NRIP) for
+    /// an instruction the harness emulated. That instruction retired, so an
+    /// interrupt shadow it sat in (`sti; hlt`) is over, as KVM's
+    /// skip_emulated_instruction clears it too.
     pub fn skip(&self, len: u64) {
         self.vmcb.set(off::RIP, self.rip().wrapping_add(len));
+        let state = self.vmcb.get(off::INT_STATE);
+        self.vmcb.set(off::INT_STATE, state & !1);
     }
 
     /// The raw exit code.
@@ -246,7 +251,7 @@ pub fn apm_virq_deliverable(ctrl: VIntrCtrl) -> bool {
 
 /// Reads the guest's code bytes at `rip` (identity-mapped image memory).
 fn code_at(rip: u64) -> Option<[u8; 4]> {
-    if rip < 0x10_0000 || rip >= (1 << 30) - 4 {
+    if !(0x10_0000..(1 << 30) - 4).contains(&rip) {
         return None;
     }
     // SAFETY: guests run only code of this image, in the identity-mapped
