@@ -49,4 +49,5 @@ if ! grep -q '^LINUX-GUEST: PASS' "$log" || ! grep -q '^linux: PASS' "$log" ||
     echo "run-linux.sh: the guest or the harness did not report a pass" >&2
     exit 1
 fi
-echo "run-linux.sh: passed in $((SECONDS - started)) s ($vcpus vCPU(s), $mode, QEMU TCG)"
+boot="$(tr -d '\r' <"$log" | sed -n 's/^LINUX-GUEST: up, .* uptime \([0-9.]*\) s$/\1/p' | head -n 1)"
+echo "run-linux.sh: passed in $((SECONDS - started)) s ($vcpus vCPU(s), $mode, QEMU TCG); boot to shell ${boot} s (guest uptime at /init)"

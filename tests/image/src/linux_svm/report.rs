@@ -58,6 +58,8 @@ pub struct Report {
     kicks: u64,
     pub pass: bool,
     in_service_at_end: u64,
+    max_latency_vector: u8,
+    sum_latency: u64,
     last_msr: u64,
     delivered: [u64; 256],
     via_eventinj: u64,
@@ -107,6 +109,8 @@ impl Report {
             kicks: 0,
             pass: false,
             in_service_at_end: 0,
+            max_latency_vector: 0,
+            sum_latency: 0,
             last_msr: 0,
             delivered: [0; 256],
             via_eventinj: 0,
@@ -175,7 +179,12 @@ impl Report {
         if let Some(t) = host::POSTED_AT.get(usize::from(vector)) {
             let at = t.swap(0, Ordering::SeqCst);
             if at != 0 {
-                self.max_latency = self.max_latency.max(now.saturating_sub(at));
+                let latency = now.saturating_sub(at);
+                if latency > self.max_latency {
+                    self.max_latency_vector = vector;
+                }
+                self.max_latency = self.max_latency.max(latency);
+                self.sum_latency = self.sum_latency.saturating_add(latency);
                 self.latencies = self.latencies.saturating_add(1);
             }
         }
@@ -353,12 +362,14 @@ impl Report {
         );
         println!(
             "linux: #HV taken {} (spurious raised {}), kicks {}, longest device injection \
-             latency {} us (post to delivery) over {} posts; refused calls {}; QEMU fix-ups: V_IRQ withheld {}, \
+             latency {} us (post to delivery, vector {:#x}; mean {} us over {} posts); refused calls {}; QEMU fix-ups: V_IRQ withheld {}, \
              V_IRQ cut as exception {}",
             host::HV_TAKEN.load(Ordering::Relaxed),
             host::HV_SPURIOUS.load(Ordering::Relaxed),
             self.kicks,
             tsc_to_us(self.max_latency),
+            self.max_latency_vector,
+            tsc_to_us(self.sum_latency.checked_div(self.latencies).unwrap_or(0)),
             self.latencies,
             self.refused,
             self.virq_withheld,
