@@ -11,11 +11,12 @@
 # only if the guest printed "LINUX-GUEST: PASS", the harness printed
 # "linux: PASS" and QEMU reported a pass (status 33).
 # Environment: CARGO_TARGET_DIR (default: <repo>/target/image), QEMU_TIMEOUT
-# (seconds, default 600), QEMU (default qemu-system-x86_64).
+# (seconds, default 240; the harness itself stops a hung guest after 180 s),
+# QEMU (default qemu-system-x86_64).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-timeout_s="${QEMU_TIMEOUT:-600}"
+timeout_s="${QEMU_TIMEOUT:-240}"
 vcpus="${1:-1}"
 mode="${2:-x2apic}"
 extra="${*:3}"

@@ -60,6 +60,15 @@ if [ "$cpus" -gt 1 ]; then
     # Function-call IPIs to every CPU.
     sync
     echo 3 >/proc/sys/vm/drop_caches
+    # NMIs: sysrq "l" makes CPU 0 send an NMI IPI to every other CPU, whose
+    # NMI handler prints its backtrace.
+    nmis() { awk '$1 == "NMI:" { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; print n }' /proc/interrupts; }
+    before=$(nmis)
+    echo l >/proc/sysrq-trigger
+    sleep 1
+    after=$(nmis)
+    [ "$after" -ge $((before + cpus - 1)) ] || fail "nmi: $before -> $after NMIs"
+    echo "LINUX-GUEST: nmi: $((after - before)) NMIs (sysrq backtrace of all CPUs)"
 fi
 
 # A level-triggered line: QEMU's PCI serial card (-device pci-serial, driven

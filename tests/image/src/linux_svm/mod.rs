@@ -117,7 +117,7 @@ pub fn main(args: &str) -> ! {
         hostile,
         seed,
         broken,
-        limit_ms: if broken { 120_000 } else { 600_000 },
+        limit_ms: if broken { 120_000 } else { 180_000 },
     };
     setup::build_npt_and_iopm();
     // In xAPIC mode Linux programs the IOAPIC with flat logical destinations
