@@ -41,6 +41,8 @@ pub mod vec {
     pub const DEV_LAST: u8 = 0x7F;
     pub const LEVEL: u8 = 0x90;
     pub const WAKE: u8 = 0xEF;
+    pub const XAPIC_IPI: u8 = 0x45;
+    pub const X2APIC_IPI: u8 = 0x46;
 }
 
 /// Whether the host claims `vector` per instance when posting it (the
@@ -75,15 +77,23 @@ pub enum Program {
     /// Nested interrupts: a higher vector inside a lower one's handler;
     /// EOI order checked through ISR.
     Nested = 4,
+    /// TSC-deadline timer (IA32_TSC_DEADLINE intercepted), re-armed by the
+    /// handler.
+    Deadline = 5,
+    /// Starts in xAPIC mode like OVMF's SEC phase (MMIO trapped through
+    /// NPT), self-IPIs through the xAPIC ICR, then switches to x2APIC.
+    Xapic = 6,
 }
 
 impl Program {
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 7] = [
         Program::Timer,
+        Program::Deadline,
         Program::Ipi,
         Program::Device,
         Program::Tpr,
         Program::Nested,
+        Program::Xapic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +103,8 @@ impl Program {
             Program::Device => "device",
             Program::Tpr => "tpr",
             Program::Nested => "nested",
+            Program::Deadline => "deadline",
+            Program::Xapic => "xapic",
         }
     }
 
@@ -106,6 +118,8 @@ pub static PROGRAM: AtomicU8 = AtomicU8::new(0);
 pub static VCPUS: AtomicU32 = AtomicU32::new(1);
 /// Rounds (ticks, hops, ...) the program runs.
 pub static ROUNDS: AtomicU32 = AtomicU32::new(10);
+/// TSC ticks per microsecond (guests run with TSC offset 0).
+pub static TSC_PER_US: AtomicU32 = AtomicU32::new(1000);
 /// Set when the guests should finish (host or vCPU 0).
 pub static FINISHED: AtomicBool = AtomicBool::new(false);
 /// Guest-shared state of the IPI program.
@@ -119,6 +133,8 @@ static RAISED: [AtomicU8; MAX_VCPUS] = [const { AtomicU8::new(0) }; MAX_VCPUS];
 /// Nesting state per vCPU: in the low handler / high seen inside it.
 static IN_LOW: [AtomicBool; MAX_VCPUS] = [const { AtomicBool::new(false) }; MAX_VCPUS];
 static NESTED_SEEN: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
+/// Whether the vCPU's APIC is in x2APIC mode (its handlers EOI by MSR).
+static X2APIC: [AtomicBool; MAX_VCPUS] = [const { AtomicBool::new(false) }; MAX_VCPUS];
 
 /// Resets the guest-shared state (before a run).
 pub fn reset() {
@@ -132,6 +148,7 @@ pub fn reset() {
     NESTED_SEEN
         .iter()
         .for_each(|r| r.store(0, Ordering::SeqCst));
+    X2APIC.iter().for_each(|r| r.store(false, Ordering::SeqCst));
 }
 
 core::arch::global_asm!(
@@ -334,8 +351,17 @@ pub extern "C" fn guest_entry(k: u64) -> ! {
     // x2APIC on (the engine's APIC starts in xAPIC mode, SDM vol. 3A §11.12.1),
     // software-enabled with spurious vector 0xFF, every host vector allowed
     // through the raw protocol path (CONFIGURE_VECTOR, all, allow).
-    wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | (1 << 10));
-    wrmsr(SVR, 0x1FF);
+    if PROGRAM.load(Ordering::SeqCst) == Program::Xapic as u8 {
+        // OVMF's SEC phase: the xAPIC page, ID in bits 31:24.
+        if mmio_read(0x20) >> 24 != k as u32 {
+            ledger::violation(((k as u64) << 16) | (0x1D << 8));
+        }
+        mmio_write(0xF0, 0x1FF);
+    } else {
+        wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | (1 << 10));
+        set_x2apic(k);
+        wrmsr(SVR, 0x1FF);
+    }
     let (rc, _, _) = vmmcall((3 << 32) | 4, (1 << 9) | (1 << 8), 0);
     if rc != 0 {
         ledger::violation(((k as u64) << 16) | (0xC << 8));
@@ -353,6 +379,8 @@ pub extern "C" fn guest_entry(k: u64) -> ! {
         1 => ipi(k, n, rounds),
         3 => tpr(k, rounds),
         4 => nested(k, rounds),
+        5 => deadline(k, rounds),
+        6 => xapic(k, rounds),
         _ => wait(|| FINISHED.load(Ordering::SeqCst)),
     }
     done()
@@ -370,6 +398,82 @@ fn timer(k: usize, ticks: u32) {
     wait(|| received(k, vec::TIMER) >= ticks);
     wrmsr(LVT_TIMER, (1 << 16) | u64::from(vec::TIMER));
     wrmsr(TIMER_INIT, 0);
+}
+
+const TSC_DEADLINE: u32 = 0x6E0;
+const XAPIC_PAGE: u64 = 0xFEE0_0000;
+
+/// xAPIC register write, `mov dword ptr [rdi], esi` (the encoding the
+/// harness's #NPF path decodes).
+fn mmio_write(offset: u64, value: u32) {
+    // SAFETY: the xAPIC page is absent in the nested tables: the access
+    // exits and the harness emulates it.
+    unsafe {
+        asm!("mov dword ptr [rdi], esi", in("rdi") XAPIC_PAGE | offset, in("esi") value,
+             options(nostack, preserves_flags))
+    };
+}
+
+/// xAPIC register read, `mov eax, dword ptr [rdi]`.
+fn mmio_read(offset: u64) -> u32 {
+    let value: u32;
+    // SAFETY: as for `mmio_write`.
+    unsafe {
+        asm!("mov eax, dword ptr [rdi]", in("rdi") XAPIC_PAGE | offset, out("eax") value,
+             options(nostack, preserves_flags))
+    };
+    value
+}
+
+/// Notes that vCPU `k`'s APIC is in x2APIC mode (its handlers EOI by MSR).
+pub fn set_x2apic(k: usize) {
+    if let Some(x) = X2APIC.get(k) {
+        x.store(true, Ordering::SeqCst);
+    }
+}
+
+/// EOI in the vCPU's current APIC mode.
+fn eoi(k: usize) {
+    if X2APIC.get(k).is_some_and(|x| x.load(Ordering::SeqCst)) {
+        wrmsr(EOI, 0);
+    } else {
+        mmio_write(0xB0, 0);
+    }
+}
+
+fn xapic(k: usize, rounds: u32) {
+    for r in 1..=rounds {
+        // ICR low, fixed, destination shorthand "self" (SDM vol. 3A §11.6.1).
+        mmio_write(0x300, (0b01 << 18) | u32::from(vec::XAPIC_IPI));
+        wait(|| received(k, vec::XAPIC_IPI) >= r);
+    }
+    // xAPIC -> x2APIC: set EXTD with EN still set (SDM vol. 3A §11.12.5).
+    wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | (1 << 10));
+    set_x2apic(k);
+    if rdmsr(0x802) != k as u64 {
+        ledger::violation(((k as u64) << 16) | (0x2D << 8));
+    }
+    for r in 1..=rounds {
+        wrmsr(SELF_IPI, u64::from(vec::X2APIC_IPI));
+        wait(|| received(k, vec::X2APIC_IPI) >= r);
+    }
+}
+
+/// The next deadline: 150-250 µs from now, varying per vCPU and tick.
+fn next_deadline(k: usize) -> u64 {
+    let us = 150u64
+        .wrapping_add((k as u64).wrapping_mul(29))
+        .wrapping_add(rdtsc() % 50);
+    rdtsc().wrapping_add(us.wrapping_mul(u64::from(TSC_PER_US.load(Ordering::SeqCst))))
+}
+
+fn deadline(k: usize, ticks: u32) {
+    // LVT timer mode 10b: TSC-deadline (SDM vol. 3A §11.5.4.1).
+    wrmsr(LVT_TIMER, (0b10 << 17) | u64::from(vec::TIMER));
+    wrmsr(TSC_DEADLINE, next_deadline(k));
+    wait(|| received(k, vec::TIMER) >= ticks);
+    wrmsr(LVT_TIMER, (1 << 16) | (0b10 << 17) | u64::from(vec::TIMER));
+    wrmsr(TSC_DEADLINE, 0);
 }
 
 fn ipi(k: usize, n: usize, rounds: u32) {
@@ -479,13 +583,19 @@ extern "C" fn image_guest_dispatch(vector: u64, error: u64) {
             send_ipi(0, vec::ACK);
         }
         vec::NEST_LOW => nest_low(k),
+        vec::TIMER
+            if PROGRAM.load(Ordering::SeqCst) == Program::Deadline as u8
+                && received(k, vec::TIMER) < ROUNDS.load(Ordering::SeqCst) =>
+        {
+            wrmsr(TSC_DEADLINE, next_deadline(k));
+        }
         vec::NEST_HIGH => {
             if IN_LOW.get(k).is_some_and(|f| f.load(Ordering::SeqCst))
                 && let Some(s) = NESTED_SEEN.get(k)
             {
                 s.fetch_add(1, Ordering::SeqCst);
             }
-            wrmsr(EOI, 0);
+            eoi(k);
             // The EOI retired the higher vector: only the lower one stays.
             if in_service(vec::NEST_HIGH) || !in_service(vec::NEST_LOW) {
                 ledger::violation(((k as u64) << 16) | (0x5 << 8) | v as u64);
@@ -494,7 +604,7 @@ extern "C" fn image_guest_dispatch(vector: u64, error: u64) {
         }
         _ => {}
     }
-    wrmsr(EOI, 0);
+    eoi(k);
 }
 
 fn nest_low(k: usize) {

@@ -25,6 +25,7 @@ use super::host::{
 };
 use super::hw::{self, exit, off};
 use super::ledger::{self, HOST, MAX_VCPUS};
+use super::npt::{self, Mmio};
 use super::report::{Report, Stop};
 use super::vmcb::{self, Vcpu};
 use crate::{cpu, lapic, time};
@@ -51,7 +52,7 @@ pub struct RunConfig {
 /// `guest_entry(k)` on its own stack, intercepts (INTR, NMI, HLT, MSR via
 /// the permission map, VMRUN, VMMCALL, shutdown, CR8 writes), ASID 1 and
 /// V_INTR_MASKING.
-pub fn init_vmcb(vcpu: &mut Vcpu, k: usize, entry: u64) {
+pub fn init_vmcb(vcpu: &mut Vcpu, k: usize, entry: u64, npt: bool) {
     let v = &vcpu.vmcb;
     v.clear();
     let (cr0, cr3, cr4, efer) = hw::host_state();
@@ -88,6 +89,11 @@ pub fn init_vmcb(vcpu: &mut Vcpu, k: usize, entry: u64) {
     v.set(off::RFLAGS, 0x2);
     v.set(off::RIP, entry);
     v.set(off::RSP, guest::stack_top(k));
+    if npt {
+        v.set(off::NESTED_CTL, 1);
+        v.set(off::NESTED_CR3, super::npt::nested_cr3());
+        v.set(off::G_PAT, 0x0007_0406_0007_0406);
+    }
     vcpu.gprs = hw::Gprs::default();
     vcpu.gprs.rdi = k as u64;
     vcpu.busy.store(false, Ordering::SeqCst);
@@ -147,6 +153,10 @@ pub fn prepare(cfg: RunConfig) -> RunConfig {
     guest::PROGRAM.store(cfg.program as u8, Ordering::SeqCst);
     guest::VCPUS.store(n as u32, Ordering::SeqCst);
     guest::ROUNDS.store(cfg.rounds, Ordering::SeqCst);
+    guest::TSC_PER_US.store(
+        (time::tsc_per_ms() / 1000).clamp(1, u64::from(u32::MAX)) as u32,
+        Ordering::SeqCst,
+    );
     cfg
 }
 
@@ -190,7 +200,7 @@ pub fn run(cfg: RunConfig) -> Report {
     let platforms: [HostPlatform; MAX_VCPUS] = core::array::from_fn(HostPlatform::new);
     let entry = guest::guest_entry as *const () as u64;
     for (k, vcpu) in vcpus.iter_mut().enumerate().take(n) {
-        init_vmcb(vcpu, k, entry);
+        init_vmcb(vcpu, k, entry, cfg.program == Program::Xapic);
         vcpu.break_recall = cfg.break_recall;
     }
     let mut engines: [VcpuEngine; MAX_VCPUS] =
@@ -232,7 +242,12 @@ pub fn run(cfg: RunConfig) -> Report {
 pub fn run_owned(shared: &RunShared, k: usize) -> Report {
     let cfg = shared.cfg;
     let mut vcpu = Vcpu::new();
-    init_vmcb(&mut vcpu, k, guest::guest_entry as *const () as u64);
+    init_vmcb(
+        &mut vcpu,
+        k,
+        guest::guest_entry as *const () as u64,
+        cfg.program == Program::Xapic,
+    );
     vcpu.break_recall = cfg.break_recall;
     let platform = HostPlatform::new(k);
     let mut engine = new_engine(k, lapic::id(), true, shared);
@@ -465,6 +480,7 @@ impl<'a> World<'a> {
                 self.vmmcall(k);
                 Ok(())
             }
+            exit::NPF if self.mmio(k) => Ok(()),
             exit::INTR | exit::NMI | exit::BUSY => Ok(()),
             other => {
                 self.report.bad_exit = other;
@@ -511,6 +527,50 @@ impl<'a> World<'a> {
             let value = (vcpu.rdx() << 32) | (vcpu.rax() & 0xFFFF_FFFF);
             self.ledger_ipi(k, msr, value);
         }
+    }
+
+    /// A #NPF on the xAPIC page: the access goes through the engine's MMIO
+    /// path (MSR 0x800 + offset / 16 in xAPIC mode). False: not one the
+    /// harness emulates.
+    fn mmio(&mut self, k: usize) -> bool {
+        let Some(env) = self.env(k) else { return false };
+        let i = self.local(k);
+        let (Some(engine), Some(vcpu)) = (self.engines.get_mut(i), self.vcpus.get_mut(i)) else {
+            return false;
+        };
+        let gpa = vcpu.exit_info_2();
+        let code = vmcb::code_at(vcpu.rip()).and_then(|b| npt::decode([b[0], b[1]]));
+        let (Some(access), true) = (code, gpa & !0xFFF == npt::XAPIC_BASE) else {
+            return false;
+        };
+        let msr = 0x800 | ((gpa & 0xFF0) >> 4);
+        let call = match access {
+            Mmio::WriteEsi => ApicCall::WriteRegister {
+                msr,
+                value: vcpu.gprs.rsi & 0xFFFF_FFFF,
+            },
+            Mmio::ReadEax => ApicCall::ReadRegister { msr },
+        };
+        let timer = TimerWatch::before(engine, vcpu);
+        let result = engine.handle_apic_call(&env, vcpu, call);
+        timer.after(k, engine, vcpu, true);
+        if result.code != ResultCode::Success {
+            if !vcpu.event_inj().valid() {
+                vcpu.set_event_inj(EventInj::exception(13, Some(0)));
+                HOST.add(k, ledger::GP);
+            }
+            return true;
+        }
+        if access == Mmio::ReadEax {
+            vcpu.set_rax(result.rdx.unwrap_or(0) & 0xFFFF_FFFF);
+        }
+        vcpu.skip(2);
+        if let ApicCall::WriteRegister { msr: 0x830, value } = call {
+            // xAPIC ICR low: the destination is in ICR high (offset 0x310).
+            let dest = engine.read_register(&env, 0x831).unwrap_or(0) >> 24;
+            self.ledger_ipi(k, 0x830, value | (dest << 32));
+        }
+        true
     }
 
     /// Host-side ledger of an accepted IPI (ICR or SELF_IPI write).

@@ -69,6 +69,9 @@ pub mod off {
     /// EVENTINJ (u32) | error code << 32.
     pub const EVENT_INJ: usize = 0xA8;
     pub const NRIP: usize = 0xC8;
+    /// Bit 0: nested paging on.
+    pub const NESTED_CTL: usize = 0x90;
+    pub const NESTED_CR3: usize = 0xB0;
     // State save area (0x400 +).
     pub const ES: usize = 0x400;
     pub const CS: usize = 0x410;
@@ -87,6 +90,7 @@ pub mod off {
     pub const RIP: usize = 0x578;
     pub const RSP: usize = 0x5D8;
     pub const RAX: usize = 0x5F8;
+    pub const G_PAT: usize = 0x668;
 }
 
 /// Exit codes the harness handles (APM vol. 2 appendix C).
@@ -96,6 +100,7 @@ pub mod exit {
     pub const NMI: u64 = 0x61;
     pub const HLT: u64 = 0x78;
     pub const MSR: u64 = 0x7C;
+    pub const NPF: u64 = 0x400;
     pub const VMMCALL: u64 = 0x81;
     /// VMEXIT_INVALID as QEMU writes it: the u32 -1, zero-extended (quirk).
     pub const INVALID_QEMU: u64 = 0xFFFF_FFFF;

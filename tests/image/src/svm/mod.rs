@@ -19,6 +19,7 @@ pub mod harness;
 pub mod host;
 pub mod hw;
 pub mod ledger;
+pub mod npt;
 pub mod programs;
 pub mod quirks;
 pub mod report;
@@ -38,6 +39,8 @@ pub fn default_rounds(program: Program) -> u32 {
         Program::Device => 40,
         Program::Tpr => 10,
         Program::Nested => 20,
+        Program::Deadline => 40,
+        Program::Xapic => 20,
     }
 }
 
@@ -62,7 +65,7 @@ fn run(aps: u32, cfg: RunConfig) -> report::Report {
 fn usage() -> ! {
     println!(
         "usage: svm PROGRAM [VCPUS [SEED [ROUNDS [broken]]]] | svm all [SEEDS [VCPUS]]\n\
-         programs: timer ipi device tpr nested"
+         programs: timer deadline ipi device tpr nested xapic"
     );
     runner::exit(false)
 }

@@ -29,6 +29,10 @@ ktest::suite! {
         passes(Program::Timer, 10, 1);
     }
 
+    fn svm_tsc_deadline_ticks_match_the_ledger_on_4_vcpus() {
+        passes(Program::Deadline, 10, 1);
+    }
+
     fn svm_ipi_ring_and_broadcast_match_the_ledger_on_4_vcpus() {
         passes(Program::Ipi, 3, 1);
     }
@@ -43,6 +47,10 @@ ktest::suite! {
 
     fn svm_nested_interrupts_retire_in_priority_order_on_4_vcpus() {
         passes(Program::Nested, 5, 1);
+    }
+
+    fn svm_xapic_start_then_x2apic_switch_on_4_vcpus() {
+        passes(Program::Xapic, 5, 1);
     }
 
     fn svm_ledger_catches_an_engine_without_recall() {

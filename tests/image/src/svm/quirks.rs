@@ -24,8 +24,9 @@ fn spinning_guest() -> Vcpu {
     super::init().expect("SVM");
     ledger::reset();
     guest::reset();
+    guest::set_x2apic(0);
     let mut vcpu = Vcpu::new();
-    init_vmcb(&mut vcpu, 0, guest::spin_vmmcall as *const () as u64);
+    init_vmcb(&mut vcpu, 0, guest::spin_vmmcall as *const () as u64, false);
     vcpu.vmcb.set(off::RFLAGS, 0x202);
     vcpu
 }

@@ -63,7 +63,7 @@ pub struct Report {
     pub kicks_received: u64,
     /// CPUs the vCPUs ran on (1: round-robin on one CPU).
     pub cpus: usize,
-    pub exits: [u64; 6],
+    pub exits: [u64; 7],
     pub bad_exit: u64,
     pub bad_rip: u64,
     pub gp_displaced: u64,
@@ -80,7 +80,7 @@ pub struct Report {
     pub pass: bool,
 }
 
-const EXIT_NAMES: [&str; 6] = ["hlt", "msr", "vmmcall", "intr", "busy", "other"];
+const EXIT_NAMES: [&str; 7] = ["hlt", "msr", "vmmcall", "intr", "busy", "npf", "other"];
 
 impl Report {
     pub fn new(cfg: RunConfig) -> Self {
@@ -95,7 +95,7 @@ impl Report {
             kick_ipis: 0,
             kicks_received: 0,
             cpus: 1,
-            exits: [0; 6],
+            exits: [0; 7],
             bad_exit: 0,
             bad_rip: 0,
             gp_displaced: 0,
@@ -151,7 +151,8 @@ impl Report {
             exit::VMMCALL => 2,
             exit::INTR => 3,
             exit::BUSY => 4,
-            _ => 5,
+            exit::NPF => 5,
+            _ => 6,
         };
         if let Some(e) = self.exits.get_mut(i) {
             *e = e.saturating_add(1);
@@ -322,7 +323,7 @@ impl Report {
             row(core::str::from_utf8(&name).unwrap_or("?"), f);
         }
         row("all", &self.totals());
-        let mut exits = [0u64; 6];
+        let mut exits = [0u64; 7];
         exits.copy_from_slice(&self.exits);
         print_exits(&exits);
         let n = ledger::LATENCY_N.load(Ordering::SeqCst);
@@ -406,7 +407,7 @@ fn div(a: u64, b: u64) -> u64 {
     a.checked_div(b).unwrap_or(0)
 }
 
-fn print_exits(exits: &[u64; 6]) {
+fn print_exits(exits: &[u64; 7]) {
     crate::serial::print!("  exits:");
     for (name, n) in EXIT_NAMES.iter().zip(exits.iter()) {
         crate::serial::print!(" {name} {n}");

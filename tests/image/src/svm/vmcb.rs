@@ -250,7 +250,7 @@ pub fn apm_virq_deliverable(ctrl: VIntrCtrl) -> bool {
 }
 
 /// Reads the guest's code bytes at `rip` (identity-mapped image memory).
-fn code_at(rip: u64) -> Option<[u8; 4]> {
+pub fn code_at(rip: u64) -> Option<[u8; 4]> {
     if !(0x10_0000..(1 << 30) - 4).contains(&rip) {
         return None;
     }
