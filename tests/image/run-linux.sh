@@ -36,7 +36,7 @@ status=0
 # list them; the harness runs every vCPU on CPU 0. The PCI serial card is
 # the workload's level-triggered device (its output is discarded).
 timeout --foreground -k 5 "$timeout_s" "$qemu" \
-    -machine q35 -cpu max -smp "$vcpus" -m 1G -nic none \
+    -machine q35 -cpu max -smp "$vcpus" -m 1G -nic none -vga none ${QEMU_ACCEL:+-accel "$QEMU_ACCEL"} \
     -display none -serial stdio -monitor none -no-reboot \
     -chardev null,id=level -device pci-serial,chardev=level \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \

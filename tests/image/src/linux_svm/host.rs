@@ -7,7 +7,6 @@
 //! EOI'd to the real LAPIC at once; a level vector stays in service there
 //! until the engine sends its specific EOI (`Platform::specific_eoi`).
 
-use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use doorbell::DoorbellPage;
@@ -33,8 +32,10 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static HV_PENDING: AtomicU32 = AtomicU32::new(0);
 /// Device vectors taken but not yet posted (the doorbell was busy), per
 /// trigger mode: bit v of word v / 64.
-static DEFERRED_EDGE: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
-static DEFERRED_LEVEL: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static DEFERRED_EDGE: [[AtomicU64; 4]; MAX_VCPUS] =
+    [const { [const { AtomicU64::new(0) }; 4] }; MAX_VCPUS];
+static DEFERRED_LEVEL: [[AtomicU64; 4]; MAX_VCPUS] =
+    [const { [const { AtomicU64::new(0) }; 4] }; MAX_VCPUS];
 /// TSC at which each vector was last posted (0: none outstanding), for the
 /// injection latency.
 pub static POSTED_AT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
@@ -59,8 +60,18 @@ pub fn active() -> bool {
     ACTIVE.load(Ordering::SeqCst)
 }
 
-/// A device vector from the real LAPIC (interrupts masked). Device lines go
-/// to vCPU 0 (the guest runs with `irqaffinity=0`, see docs/testing.md).
+/// The vCPU whose lines this CPU's real LAPIC receives: vCPU 0 when all
+/// vCPUs share CPU 0 (the guest runs with `irqaffinity=0`), else the vCPU
+/// with this CPU's APIC ID (the guest programs the IOAPIC with it).
+pub fn this_vcpu() -> usize {
+    if REAL_CPUS.load(Ordering::Relaxed) {
+        lapic::id() as usize
+    } else {
+        0
+    }
+}
+
+/// A device vector from the real LAPIC (interrupts masked).
 pub fn on_device(vector: u8) {
     if let Some(c) = DEVICE_IRQS.get(usize::from(vector)) {
         c.fetch_add(1, Ordering::Relaxed);
@@ -71,15 +82,16 @@ pub fn on_device(vector: u8) {
     }
     let word = usize::from(vector / 64);
     let bit = 1u64 << (vector % 64);
+    let k = this_vcpu();
     let deferred = if level {
         &DEFERRED_LEVEL
     } else {
         &DEFERRED_EDGE
     };
-    if let Some(w) = deferred.get(word) {
+    if let Some(w) = deferred.get(k).and_then(|d| d.get(word)) {
         w.fetch_or(bit, Ordering::SeqCst);
     }
-    flush(0);
+    flush(k);
     if !level {
         lapic::eoi();
     }
@@ -90,7 +102,10 @@ pub fn on_device(vector: u8) {
 pub fn flush(k: usize) {
     let Some(page) = DOORBELLS.get(k) else { return };
     let mut posted = false;
-    for (level, set) in [(false, &DEFERRED_EDGE), (true, &DEFERRED_LEVEL)] {
+    let (Some(edge), Some(lvl)) = (DEFERRED_EDGE.get(k), DEFERRED_LEVEL.get(k)) else {
+        return;
+    };
+    for (level, set) in [(false, edge), (true, lvl)] {
         for (word, w) in set.iter().enumerate() {
             let mut bits = w.load(Ordering::SeqCst);
             while bits != 0 {
@@ -137,10 +152,16 @@ pub fn spurious_hv(k: usize) {
     lapic::self_ipi(crate::idt::HV_VECTOR);
 }
 
-/// Vector 28: the engine's #HV logic for every vCPU signalled.
+/// Vector 28: the engine's #HV logic for every vCPU signalled (on this
+/// CPU: all of them when time-shared, else its own).
 pub fn on_hv() {
     HV_TAKEN.fetch_add(1, Ordering::Relaxed);
-    let pending = HV_PENDING.swap(0, Ordering::SeqCst);
+    let pending = if REAL_CPUS.load(Ordering::Relaxed) {
+        let mine = 1u32.checked_shl(this_vcpu() as u32).unwrap_or(0);
+        HV_PENDING.fetch_and(!mine, Ordering::SeqCst) & mine
+    } else {
+        HV_PENDING.swap(0, Ordering::SeqCst)
+    };
     for (k, (page, slot)) in DOORBELLS.iter().zip(SLOTS.iter()).enumerate() {
         if pending & (1 << k) != 0 {
             let _ = kernel::handle_hv(page, slot, 0);
@@ -149,39 +170,54 @@ pub fn on_hv() {
     lapic::eoi();
 }
 
-/// The engine's platform for vCPU `k`: GHCB calls become direct actions.
+/// The engine's platform for one vCPU: GHCB calls become direct actions.
+/// Atomics: the vCPU's CPU uses it, the report reads it at the end.
 pub struct LinuxPlatform {
-    /// The engine's one-shot timer deadline (TSC), if armed.
-    pub deadline: Cell<Option<u64>>,
+    /// The engine's one-shot timer deadline (TSC), `u64::MAX` when unarmed.
+    pub deadline: AtomicU64,
     /// Specific EOIs the engine sent.
-    pub specific_eois: Cell<u64>,
+    pub specific_eois: AtomicU64,
     /// #HV IPIs (kicks) the engine sent.
-    pub kicks: Cell<u64>,
+    pub kicks: AtomicU64,
 }
 
 impl LinuxPlatform {
     /// A platform with nothing armed.
     pub const fn new() -> Self {
         Self {
-            deadline: Cell::new(None),
-            specific_eois: Cell::new(0),
-            kicks: Cell::new(0),
+            deadline: AtomicU64::new(u64::MAX),
+            specific_eois: AtomicU64::new(0),
+            kicks: AtomicU64::new(0),
         }
+    }
+
+    /// The armed deadline, if any.
+    pub fn deadline(&self) -> Option<u64> {
+        Some(self.deadline.load(Ordering::Relaxed)).filter(|&d| d != u64::MAX)
     }
 }
 
+/// Whether each vCPU runs on its own CPU (APIC ID = vCPU index) rather
+/// than all on CPU 0.
+pub static REAL_CPUS: AtomicBool = AtomicBool::new(false);
+
 impl Platform for LinuxPlatform {
-    fn hv_ipi(&self, _icr: u64) -> Result<(), PlatformError> {
-        // Every vCPU shares this CPU, whose loop visits the target next.
-        self.kicks.set(self.kicks.get().saturating_add(1));
+    fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError> {
+        self.kicks.fetch_add(1, Ordering::Relaxed);
+        if REAL_CPUS.load(Ordering::Relaxed) {
+            // The notification IPI to the target's CPU (x2APIC ICR format:
+            // destination in 63:32, the host APIC ID = the vCPU index).
+            lapic::send_ipi((icr >> 32) as u32, u32::from(crate::svm::host::KICK_VECTOR));
+        }
+        // Time-shared: the loop on this CPU visits the target next.
         Ok(())
     }
     fn specific_eoi(&self, _vmpl: u8, _vector: u8) -> Result<(), PlatformError> {
         // The level vector has stayed in service on the real LAPIC since
-        // `on_device`; its EOI re-arms the IOAPIC line (non-specific: the
-        // held level vectors are the only ones in service there).
-        self.specific_eois
-            .set(self.specific_eois.get().saturating_add(1));
+        // `on_device` (on this CPU: the vCPU runs where its lines arrive);
+        // its EOI re-arms the IOAPIC line (non-specific: the held level
+        // vectors are the only ones in service there).
+        self.specific_eois.fetch_add(1, Ordering::Relaxed);
         LEVEL_EOIS.fetch_add(1, Ordering::Relaxed);
         lapic::eoi();
         Ok(())
@@ -202,7 +238,8 @@ impl Platform for LinuxPlatform {
         true
     }
     fn arm_timer(&self, deadline: Option<u64>) -> Result<(), NoTimer> {
-        self.deadline.set(deadline);
+        self.deadline
+            .store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
         Ok(())
     }
 }

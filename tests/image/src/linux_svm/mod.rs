@@ -13,7 +13,7 @@
 //! - `smp`: vCPU creation, Linux's INIT/SIPI served as AP creation;
 //! - `run`: the run loop; `report`: the figures.
 //!
-//! Command line: `linux VCPUS MODE KERNEL_LEN INITRD_LEN [hostile] [SEED] [broken]`
+//! Command line: `linux VCPUS MODE KERNEL_LEN INITRD_LEN [hostile] [SEED] [broken] [real]`
 //! with MODE `x2apic` (the APIC as firmware leaves it), `xapic` (Linux
 //! switches to x2APIC itself) or `xapic-mmio` (`nox2apic`: Linux stays in
 //! xAPIC mode, every APIC access an MMIO trap) (`tests/image/run-linux.sh`).
@@ -24,11 +24,13 @@ pub mod report;
 pub mod run;
 pub mod setup;
 pub mod smp;
+pub mod state;
 
 use crate::runner;
 use crate::serial::println;
 
 pub use host::{active, on_device, on_hv};
+pub use run::ap_poll;
 
 /// The kernel command line. Each option is there because of something the
 /// harness cannot do (docs/testing.md lists the reasons).
@@ -59,13 +61,15 @@ pub struct LinuxConfig {
     /// presentation (`svm::vmcb::Vcpu::break_recall`), to show the ledger
     /// failing.
     pub broken: bool,
+    /// vCPU k on the CPU with APIC ID k (else all on CPU 0).
+    pub real_cpus: bool,
     /// The run counts as hung after this long.
     pub limit_ms: u64,
 }
 
 fn usage() -> ! {
     println!(
-        "usage: linux VCPUS x2apic|xapic|xapic-mmio KERNEL_LEN INITRD_LEN [hostile] [SEED] [broken]"
+        "usage: linux VCPUS x2apic|xapic|xapic-mmio KERNEL_LEN INITRD_LEN [hostile] [SEED] [broken] [real]"
     );
     runner::exit(false)
 }
@@ -77,11 +81,12 @@ pub fn main(args: &str) -> ! {
     let mode = words.next();
     let kernel_len = words.next().and_then(|w| w.parse::<u64>().ok());
     let initrd_len = words.next().and_then(|w| w.parse::<u64>().ok());
-    let (mut hostile, mut broken, mut seed) = (false, false, 1);
+    let (mut hostile, mut broken, mut real_cpus, mut seed) = (false, false, false, 1);
     for w in words {
         match w {
             "hostile" => hostile = true,
             "broken" => broken = true,
+            "real" => real_cpus = true,
             _ => match w.parse::<u64>() {
                 Ok(n) => seed = n,
                 Err(_) => usage(),
@@ -117,6 +122,7 @@ pub fn main(args: &str) -> ! {
         hostile,
         seed,
         broken,
+        real_cpus,
         limit_ms: if broken { 120_000 } else { 180_000 },
     };
     setup::build_npt_and_iopm();

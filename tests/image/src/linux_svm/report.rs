@@ -200,6 +200,36 @@ impl Report {
             .sum()
     }
 
+    /// Adds another CPU's share of the run (its exits, calls, deliveries).
+    pub fn merge(&mut self, o: &Report) {
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        for ((_, a), (_, b)) in self.exits.iter_mut().zip(o.exits.iter()) {
+            add(a, *b);
+        }
+        for (a, b) in self.delivered.iter_mut().zip(o.delivered.iter()) {
+            add(a, *b);
+        }
+        add(&mut self.idles, o.idles);
+        add(&mut self.refused, o.refused);
+        add(&mut self.mmio, o.mmio);
+        add(&mut self.garbage, o.garbage);
+        add(&mut self.forged, o.forged);
+        add(&mut self.start_ipis, o.start_ipis);
+        add(&mut self.eoi_calls, o.eoi_calls);
+        add(&mut self.deadline_calls, o.deadline_calls);
+        add(&mut self.icr_calls, o.icr_calls);
+        add(&mut self.other_calls, o.other_calls);
+        add(&mut self.latencies, o.latencies);
+        add(&mut self.sum_latency, o.sum_latency);
+        add(&mut self.via_eventinj, o.via_eventinj);
+        add(&mut self.via_virq, o.via_virq);
+        add(&mut self.nmis, o.nmis);
+        if o.max_latency > self.max_latency {
+            self.max_latency = o.max_latency;
+            self.max_latency_vector = o.max_latency_vector;
+        }
+    }
+
     /// Adds one vCPU's engine counters and VMRUN figures.
     pub fn add_vcpu(&mut self, engine: &VcpuEngine, vcpu: &Vcpu, kicks: u64) {
         let c = engine.counters();

@@ -1,25 +1,31 @@
 //! The Linux guest's run loop: per vCPU the docs/integration.md loop
 //! (`before_run` -> VMRUN -> `after_exit` -> exit handling) on a real VMCB,
 //! with VMLOAD/VMSAVE around VMRUN (Linux owns FS/GS/TR and the SYSCALL
-//! MSRs), all vCPUs round-robin on this CPU.
+//! MSRs). All vCPUs round-robin on CPU 0, or (`real`) vCPU k on the CPU
+//! with APIC ID k, each running its own loop (QEMU runs each CPU on its own
+//! host thread: real concurrency).
 
 use core::arch::asm;
 
-use core::sync::atomic::Ordering;
+use core::cell::UnsafeCell;
+use core::ops::Range;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, Ordering};
 use guest_boot::linux::bootparams::Layout;
 use kernel::protocol::{ApicCall, ResultCode};
-use kernel::{Env, Fabric, VcpuEngine};
+use kernel::{Env, Fabric};
 
 use vmsa::{EventInj, EventType, VIntrCtrl, VmsaAccess};
 
-use super::host::{self, DOORBELLS, GUEST_VMPL, LinuxPlatform, MAX_VCPUS, SLOTS};
+use super::host::{self, DOORBELLS, GUEST_VMPL, LinuxPlatform, MAX_VCPUS, REAL_CPUS, SLOTS};
 use super::report::{Report, Stop};
+use super::state::{CELLS, CREATED, STARTED};
 use super::{LinuxConfig, exits, setup, smp};
 use crate::svm::harness::Rng;
-use crate::svm::host::HOST_TIMER_VECTOR;
+use crate::svm::host::{HOST_TIMER_VECTOR, KICK_VECTOR};
 use crate::svm::hw::{self, Page, exit, off};
 use crate::svm::vmcb::{self, Vcpu};
 use crate::{cpu, lapic, time};
+use kernel::VcpuEngine as Engine;
 
 /// Interval of the progress line.
 const PROGRESS_MS: u64 = 5_000;
@@ -34,8 +40,75 @@ pub const EXIT_NPF: u64 = 0x400;
 /// SLP_EN in PM1 control (ACPI 6.5 §4.8.3.2.1).
 const SLP_EN: u32 = 1 << 13;
 
-/// The host's VMSAVE area (FS, GS, TR, LDTR, SYSCALL MSRs of the host).
-static HOST_SAVE: Page = Page::new();
+/// Each CPU's VMSAVE area (FS, GS, TR, LDTR, SYSCALL MSRs of the host).
+static HOST_SAVE: [Page; MAX_VCPUS] = [const { Page::new() }; MAX_VCPUS];
+
+/// How the run ended, once some CPU ended it (`Stop as u8 + 1`; 0 = running).
+static STOP: AtomicU8 = AtomicU8::new(0);
+/// The run the APs join (`real`), published by the BSP.
+static AP_RUN: AtomicPtr<LinuxConfig> = AtomicPtr::new(core::ptr::null_mut());
+/// APs (bit = APIC ID) that joined the run, and those that finished it.
+static AP_JOINED: AtomicU32 = AtomicU32::new(0);
+static AP_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// An AP's report, handed to the BSP.
+struct ResultSlot(UnsafeCell<Option<Report>>);
+// SAFETY: AP k writes slot k before setting its AP_DONE bit (release); the
+// BSP reads it only after it saw the bit (acquire). Never concurrently.
+unsafe impl Sync for ResultSlot {}
+static AP_RESULTS: [ResultSlot; MAX_VCPUS] =
+    [const { ResultSlot(UnsafeCell::new(None)) }; MAX_VCPUS];
+
+fn stop_code(stop: Stop) -> u8 {
+    match stop {
+        Stop::Running => 0,
+        Stop::PowerOff => 1,
+        Stop::Shutdown => 2,
+        Stop::Hang => 3,
+        Stop::BadExit => 4,
+        Stop::Fatal => 5,
+    }
+}
+
+fn stop_of(code: u8) -> Stop {
+    match code {
+        1 => Stop::PowerOff,
+        2 => Stop::Shutdown,
+        3 => Stop::Hang,
+        4 => Stop::BadExit,
+        5 => Stop::Fatal,
+        _ => Stop::Running,
+    }
+}
+
+/// Ends the run for every CPU (the first reason wins) and wakes them.
+fn stop_all(stop: Stop, n: usize) {
+    let _ = STOP.compare_exchange(0, stop_code(stop), Ordering::SeqCst, Ordering::SeqCst);
+    if REAL_CPUS.load(Ordering::SeqCst) {
+        let me = lapic::id();
+        for k in (0..n as u32).filter(|&k| k != me) {
+            lapic::send_ipi(k, u32::from(KICK_VECTOR));
+        }
+    }
+}
+
+/// vCPU `k`'s engine and VMCB.
+///
+/// The caller's World runs vCPU `k` (or creates it, before it is started):
+/// the ownership rule of `state`.
+fn parts(k: usize) -> Option<(&'static mut Engine, &'static mut Vcpu)> {
+    let cell = CELLS.get(k)?;
+    // SAFETY: see above; callers drop the references before fetching again.
+    let (engine, vcpu) = unsafe { cell.parts() };
+    Some((engine.as_mut()?, vcpu))
+}
+
+/// vCPU `k`'s VMCB (same rule as [`parts`]).
+fn vmcb_of(k: usize) -> Option<&'static mut Vcpu> {
+    let cell = CELLS.get(k)?;
+    // SAFETY: as for `parts`.
+    Some(unsafe { cell.parts() }.1)
+}
 
 fn vmsave(pa: u64) {
     // SAFETY: `pa` is a page-aligned VMCB-format save area of this image;
@@ -49,15 +122,12 @@ fn vmload(pa: u64) {
     unsafe { asm!("vmload rax", in("rax") pa, options(nostack)) };
 }
 
-/// Everything one run owns.
-struct World<'a> {
+/// What one CPU's loop owns: the vCPUs it runs and its report.
+struct World {
     cfg: LinuxConfig,
-    vcpus: &'a mut [Vcpu],
-    engines: &'a mut [Option<VcpuEngine>],
+    own: Range<usize>,
     tpb: u32,
-    platforms: &'a [LinuxPlatform],
     halted: [bool; MAX_VCPUS],
-    started: [bool; MAX_VCPUS],
     rng: Rng,
     report: Report,
 }
@@ -65,51 +135,104 @@ struct World<'a> {
 /// Boots the loaded kernel and runs it until it powers off, hangs or fails.
 pub fn run(cfg: LinuxConfig, layout: &Layout) -> Report {
     let n = cfg.vcpus.clamp(1, MAX_VCPUS);
-    let mut vcpus: [Vcpu; MAX_VCPUS] = [const { Vcpu::new() }; MAX_VCPUS];
-    let platforms: [LinuxPlatform; MAX_VCPUS] = [const { LinuxPlatform::new() }; MAX_VCPUS];
+    let real = cfg.real_cpus && n > 1;
+    REAL_CPUS.store(real, Ordering::SeqCst);
     let tpb = (time::tsc_per_ms() / 1_000_000).max(1) as u32;
     // The BSP exists from the start; an AP's engine is created when Linux
     // asks for it (`smp`).
-    let mut engines: [Option<VcpuEngine>; MAX_VCPUS] = [const { None }; MAX_VCPUS];
-    if let Some(bsp) = engines.first_mut() {
-        *bsp = smp::new_engine(0, cfg.x2apic, tpb);
-    }
-    for v in &mut vcpus {
-        v.break_recall = cfg.broken;
-    }
-    if let Some(v) = vcpus.first_mut() {
+    let Some(bsp) = CELLS.first() else {
+        return Report::new(cfg);
+    };
+    {
+        // SAFETY: no vCPU runs yet: this CPU owns every cell.
+        let (engine, v) = unsafe { bsp.parts() };
+        *engine = smp::new_engine(0, cfg.x2apic, tpb);
         setup::init_vmcb(&v.vmcb, layout);
         v.gprs.rsi = layout.zero_page;
+        v.break_recall = cfg.broken;
         v.sev_features.store(
             (vmsa::SevFeatures::SNP_ACTIVE | vmsa::SevFeatures::ALTERNATE_INJECTION).bits(),
-            core::sync::atomic::Ordering::SeqCst,
+            Ordering::SeqCst,
         );
     }
-    let mut world = World {
-        cfg,
-        vcpus: vcpus.get_mut(..n).unwrap_or_default(),
-        engines: engines.get_mut(..n).unwrap_or_default(),
-        tpb,
-        platforms: platforms.get(..n).unwrap_or_default(),
-        halted: [false; MAX_VCPUS],
-        started: [false; MAX_VCPUS],
-        rng: Rng::new(cfg.seed),
-        report: Report::new(cfg),
-    };
-    if let Some(s) = world.started.first_mut() {
-        *s = true;
-    }
+    bsp.state.store(STARTED, Ordering::Release);
     cpu::cli();
     host::activate(true);
     let started = cpu::rdtsc();
+    let mut cfg_slot = cfg;
+    if real {
+        let aps = crate::svm::smp::start_aps();
+        if (aps as usize) < n.saturating_sub(1) {
+            crate::runner::fail(format_args!("linux: {aps} APs up, {n} vCPUs asked"));
+        }
+        AP_RUN.store(&raw mut cfg_slot, Ordering::SeqCst);
+        for k in 1..n as u32 {
+            lapic::send_ipi(k, u32::from(crate::svm::host::GO_VECTOR));
+        }
+    }
+    let own = if real { 0..1 } else { 0..n };
+    let mut world = World::new(cfg, own, tpb, 0);
     world.main_loop();
+    stop_all(world.report.stop, n);
+    if real {
+        // n <= MAX_VCPUS = 4: the mask fits.
+        let all = (1u32 << n).wrapping_sub(1) & !1;
+        let deadline = time::Deadline::after_ms(10_000);
+        while AP_DONE.load(Ordering::Acquire) & all != all & AP_JOINED.load(Ordering::SeqCst)
+            || AP_JOINED.load(Ordering::SeqCst) & all != all && !deadline.passed()
+        {
+            hw::irq_window();
+            cpu::pause();
+            if deadline.passed() {
+                break;
+            }
+        }
+        AP_RUN.store(core::ptr::null_mut(), Ordering::SeqCst);
+        for (k, slot) in AP_RESULTS.iter().enumerate().take(n).skip(1) {
+            if AP_DONE.load(Ordering::Acquire) & (1 << k) != 0 {
+                // SAFETY: see `ResultSlot`: AP k is done with it.
+                if let Some(r) = unsafe { (*slot.0.get()).take() } {
+                    world.report.merge(&r);
+                }
+            }
+        }
+    }
+    world.report.stop = stop_of(STOP.load(Ordering::SeqCst));
     world.report.tsc = cpu::rdtsc().saturating_sub(started);
     lapic::stop_timer();
     hw::irq_window();
     cpu::cli();
     host::activate(false);
-    world.finish();
+    world.finish(n);
     world.report
+}
+
+/// Called by the APs' idle loop (`svm::smp::ap_serve`): joins a `real`
+/// Linux run with the vCPU of this CPU's APIC ID, once.
+pub fn ap_poll() {
+    let cfg = AP_RUN.load(Ordering::SeqCst);
+    // SAFETY: the BSP publishes its config for the run's duration and
+    // retracts it only after every AP that joined reported done.
+    let Some(cfg) = (unsafe { cfg.as_ref() }).copied() else {
+        return;
+    };
+    let k = lapic::id() as usize;
+    let bit = 1u32.checked_shl(k as u32).unwrap_or(0);
+    if k == 0 || k >= cfg.vcpus || AP_JOINED.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
+        return;
+    }
+    cpu::cli();
+    lapic::set_flat_logical_id(k as u8);
+    let tpb = (time::tsc_per_ms() / 1_000_000).max(1) as u32;
+    let mut world = World::new(cfg, k..k.saturating_add(1), tpb, k);
+    world.main_loop();
+    stop_all(world.report.stop, cfg.vcpus);
+    lapic::stop_timer();
+    if let Some(slot) = AP_RESULTS.get(k) {
+        // SAFETY: see `ResultSlot`.
+        unsafe { *slot.0.get() = Some(world.report) };
+    }
+    AP_DONE.fetch_or(bit, Ordering::Release);
 }
 
 fn tsc_to_ns(ticks: u64) -> u64 {
@@ -119,18 +242,20 @@ fn tsc_to_ns(ticks: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Arms the host timer (vector 22) for the earliest engine deadline or the
-/// end of the slice.
-fn arm_host_timer(platforms: &[LinuxPlatform], slice: bool) {
+/// Arms this CPU's host timer (vector 22) for the earliest engine deadline
+/// of the vCPUs in `own`, or the end of the slice when they time-share.
+fn arm_host_timer(own: Range<usize>, slice: bool) {
     let now = cpu::rdtsc();
     let slice_end = if slice {
         now.saturating_add(SLICE_NS.saturating_mul(time::tsc_per_ms()) / 1_000_000)
     } else {
         u64::MAX
     };
-    let next = platforms
+    let next = CELLS
+        .get(own)
+        .unwrap_or_default()
         .iter()
-        .filter_map(|p| p.deadline.get())
+        .filter_map(|c| c.platform.deadline())
         .fold(slice_end, u64::min);
     if next == u64::MAX {
         lapic::stop_timer();
@@ -140,10 +265,26 @@ fn arm_host_timer(platforms: &[LinuxPlatform], slice: bool) {
     lapic::start_timer(HOST_TIMER_VECTOR, ns as u32, false);
 }
 
-impl<'a> World<'a> {
-    fn env(&self, k: usize) -> Option<Env<'a, LinuxPlatform>> {
+impl World {
+    fn new(cfg: LinuxConfig, own: Range<usize>, tpb: u32, cpu: usize) -> Self {
+        Self {
+            cfg,
+            own,
+            tpb,
+            halted: [false; MAX_VCPUS],
+            rng: Rng::new(cfg.seed ^ (cpu as u64).wrapping_mul(0x9E37)),
+            report: Report::new(cfg),
+        }
+    }
+
+    /// This CPU's host save area.
+    fn host_save(&self) -> u64 {
+        HOST_SAVE.get(self.own.start).map_or(0, Page::pa)
+    }
+
+    fn env(&self, k: usize) -> Option<Env<'static, LinuxPlatform>> {
         Some(Env {
-            platform: self.platforms.get(k)?,
+            platform: &CELLS.get(k)?.platform,
             fabric: Fabric::new(&SLOTS),
             doorbell: DOORBELLS.get(k)?,
             caa_no_eoi: None,
@@ -151,7 +292,6 @@ impl<'a> World<'a> {
     }
 
     fn main_loop(&mut self) {
-        let n = self.cfg.vcpus;
         let limit = time::Deadline::after_ms(self.cfg.limit_ms);
         let mut progress = time::Deadline::after_ms(PROGRESS_MS);
         loop {
@@ -159,17 +299,24 @@ impl<'a> World<'a> {
                 self.report.stop = Stop::Hang;
                 return;
             }
-            if progress.passed() {
+            if progress.passed() && self.own.start == 0 {
                 progress = time::Deadline::after_ms(PROGRESS_MS);
-                let rip = self.vcpus.first().map_or(0, Vcpu::rip);
-                let halted = self.halted.first().copied().unwrap_or(false);
+                let rip = vmcb_of(self.own.start).map_or(0, |v| v.rip());
+                let halted = self.halted.get(self.own.start).copied().unwrap_or(false);
                 self.report.progress(rip, halted);
             }
             hw::irq_window();
             let mut ran = false;
-            for k in 0..n {
-                if !self.started.get(k).copied().unwrap_or(false) {
+            if STOP.load(Ordering::SeqCst) != 0 {
+                self.report.stop = stop_of(STOP.load(Ordering::SeqCst));
+                return;
+            }
+            for k in self.own.clone() {
+                if !CELLS.get(k).is_some_and(|c| c.started()) {
                     continue;
+                }
+                if k != self.own.start {
+                    hw::irq_window();
                 }
                 match self.cycle(k) {
                     Ok(r) => ran |= r,
@@ -178,10 +325,13 @@ impl<'a> World<'a> {
                         return;
                     }
                 }
-                hw::irq_window();
             }
+            // No interrupt window between the last `before_run` and the idle
+            // below: a kick, device post or #HV that arrives after the
+            // mailbox and doorbell were drained stays pending and ends the
+            // STI;HLT at once instead of being taken and then slept over.
             if !ran {
-                arm_host_timer(self.platforms, false);
+                arm_host_timer(self.own.clone(), false);
                 self.report.idles = self.report.idles.saturating_add(1);
                 hw::idle();
             }
@@ -190,16 +340,15 @@ impl<'a> World<'a> {
 
     /// One pass of vCPU `k`'s run loop; false when it stayed halted.
     fn cycle(&mut self, k: usize) -> Result<bool, Stop> {
+        // Device posts the doorbell refused earlier (busy) go in now.
+        host::flush(k);
         if self.cfg.hostile {
             self.hostile_before(k);
         }
         let Some(env) = self.env(k) else {
             return Err(Stop::Fatal);
         };
-        let (Some(engine), Some(vcpu)) = (
-            self.engines.get_mut(k).and_then(Option::as_mut),
-            self.vcpus.get_mut(k),
-        ) else {
+        let Some((engine, vcpu)) = parts(k) else {
             return Err(Stop::Fatal);
         };
         if engine.before_run(&env, vcpu).is_err() {
@@ -215,22 +364,20 @@ impl<'a> World<'a> {
             }
             *halted = false;
         }
-        arm_host_timer(self.platforms, self.cfg.vcpus > 1);
-        vmsave(HOST_SAVE.pa());
+        arm_host_timer(self.own.clone(), self.own.len() > 1);
+        let host_save = self.host_save();
+        vmsave(host_save);
         vmload(vcpu.vmcb.pa());
         let code = vmcb::run(vcpu);
         vmsave(vcpu.vmcb.pa());
-        vmload(HOST_SAVE.pa());
+        vmload(host_save);
         self.report.note_run(before, vcpu, cpu::rdtsc());
         // The first run flushed the TLB; later ones keep it.
         vcpu.vmcb.set(off::ASID, 1);
         if self.cfg.hostile {
             self.hostile_after(k, before);
         }
-        let (Some(engine), Some(vcpu)) = (
-            self.engines.get_mut(k).and_then(Option::as_mut),
-            self.vcpus.get_mut(k),
-        ) else {
+        let Some((engine, vcpu)) = parts(k) else {
             return Err(Stop::Fatal);
         };
         if engine.after_exit(&env, vcpu).is_err() {
@@ -242,7 +389,7 @@ impl<'a> World<'a> {
     }
 
     fn handle_exit(&mut self, k: usize, code: u64) -> Result<(), Stop> {
-        let Some(vcpu) = self.vcpus.get_mut(k) else {
+        let Some(vcpu) = vmcb_of(k) else {
             return Err(Stop::Fatal);
         };
         match code {
@@ -258,7 +405,7 @@ impl<'a> World<'a> {
                 let write = vcpu.exit_info_1() & 1 != 0;
                 let value = (vcpu.gprs.rdx << 32) | (vcpu.rax() & 0xFFFF_FFFF);
                 let read = self.apic_access(k, msr, write.then_some(value));
-                if let (Some(vcpu), Some(got)) = (self.vcpus.get_mut(k), read) {
+                if let (Some(vcpu), Some(got)) = (vmcb_of(k), read) {
                     if let Some(v) = got {
                         vcpu.set_rax(v & 0xFFFF_FFFF);
                         vcpu.gprs.rdx = v >> 32;
@@ -304,12 +451,7 @@ impl<'a> World<'a> {
             return self.start_ap(k, value, request);
         }
         let env = self.env(k)?;
-        let (Some(engine), Some(vcpu)) = (
-            self.engines.get_mut(k).and_then(Option::as_mut),
-            self.vcpus.get_mut(k),
-        ) else {
-            return None;
-        };
+        let (engine, vcpu) = parts(k)?;
         let call = match write {
             Some(value) => ApicCall::WriteRegister { msr, value },
             None => ApicCall::ReadRegister { msr },
@@ -334,11 +476,7 @@ impl<'a> World<'a> {
     /// creation request (`smp`). The destination is ICR bits 63:32 in x2APIC
     /// mode, the ICR high register's bits 31:24 in xAPIC mode.
     fn start_ap(&mut self, k: usize, icr: u64, request: smp::StartIpi) -> Option<Option<u64>> {
-        let x2apic = self
-            .engines
-            .get(k)
-            .and_then(Option::as_ref)
-            .is_some_and(|e| e.apic().mode() == apic::ApicMode::X2Apic);
+        let x2apic = parts(k).is_some_and(|(e, _)| e.apic().mode() == apic::ApicMode::X2Apic);
         let dest = if x2apic {
             icr >> 32
         } else {
@@ -348,31 +486,32 @@ impl<'a> World<'a> {
         let t = usize::try_from(dest)
             .ok()
             .filter(|&t| t < self.cfg.vcpus && t != k)?;
+        let target = CELLS.get(t)?;
         self.report.start_ipis = self.report.start_ipis.saturating_add(1);
         match request {
             smp::StartIpi::Init => {
-                if let Some(slot) = self.engines.get_mut(t)
-                    && slot.is_none()
-                {
-                    *slot = smp::new_engine(t, self.cfg.x2apic, self.tpb);
+                if target.state.load(Ordering::Acquire) == super::state::ABSENT {
+                    // SAFETY: an absent vCPU belongs to its creator (Linux's
+                    // BSP, which boots the APs one at a time).
+                    let (engine, _) = unsafe { target.parts() };
+                    *engine = smp::new_engine(t, self.cfg.x2apic, self.tpb);
+                    target.state.store(CREATED, Ordering::Release);
                 }
             }
             smp::StartIpi::Startup(vector) => {
-                let created = self.engines.get(t).is_some_and(Option::is_some);
-                let started = self.started.get(t).copied().unwrap_or(true);
-                if created && !started {
-                    let [bsp, rest @ ..] = &mut *self.vcpus else {
-                        return None;
-                    };
-                    let ap = rest.get_mut(t.checked_sub(1)?)?;
-                    smp::init_ap_vmcb(&ap.vmcb, &bsp.vmcb, vector);
+                if target.state.load(Ordering::Acquire) == CREATED {
+                    let sender = vmcb_of(k)?;
+                    // SAFETY: a created, not started vCPU belongs to its
+                    // creator until the release below.
+                    let (_, ap) = unsafe { target.parts() };
+                    smp::init_ap_vmcb(&ap.vmcb, &sender.vmcb, vector);
                     ap.gprs = hw::Gprs::default();
-                    ap.sev_features.store(
-                        bsp.sev_features.load(core::sync::atomic::Ordering::SeqCst),
-                        core::sync::atomic::Ordering::SeqCst,
-                    );
-                    if let Some(s) = self.started.get_mut(t) {
-                        *s = true;
+                    ap.break_recall = self.cfg.broken;
+                    ap.sev_features
+                        .store(sender.sev_features.load(Ordering::SeqCst), Ordering::SeqCst);
+                    target.state.store(STARTED, Ordering::Release);
+                    if REAL_CPUS.load(Ordering::SeqCst) {
+                        lapic::send_ipi(t as u32, u32::from(KICK_VECTOR));
                     }
                 }
             }
@@ -381,7 +520,7 @@ impl<'a> World<'a> {
     }
 
     fn port_io(&mut self, k: usize) -> Result<(), Stop> {
-        let Some(vcpu) = self.vcpus.get_mut(k) else {
+        let Some(vcpu) = vmcb_of(k) else {
             return Err(Stop::Fatal);
         };
         let io = exits::port_io(vcpu.exit_info_1());
@@ -411,7 +550,7 @@ impl<'a> World<'a> {
     /// #NPF: an access to the APIC's unmapped 2 MiB (xAPIC MMIO) is decoded
     /// and served through the engine; anything else stops the run.
     fn npf(&mut self, k: usize) -> Result<(), Stop> {
-        let Some(vcpu) = self.vcpus.get_mut(k) else {
+        let Some(vcpu) = vmcb_of(k) else {
             return Err(Stop::Fatal);
         };
         let gpa = vcpu.exit_info_2();
@@ -441,7 +580,7 @@ impl<'a> World<'a> {
         }
         if dest.is_some() {
             let got = self.apic_access(k, msr, None);
-            let (Some(vcpu), Some(d)) = (self.vcpus.get_mut(k), dest) else {
+            let (Some(vcpu), Some(d)) = (vmcb_of(k), dest) else {
                 return Err(Stop::Fatal);
             };
             match got {
@@ -454,7 +593,7 @@ impl<'a> World<'a> {
         {
             return Ok(());
         }
-        if let Some(vcpu) = self.vcpus.get_mut(k) {
+        if let Some(vcpu) = vmcb_of(k) {
             vcpu.skip(u64::from(insn.len));
         }
         Ok(())
@@ -514,7 +653,7 @@ impl<'a> World<'a> {
     /// engine presented (and the CPU delivered) is not made: nothing can
     /// tell it from a delivery the exit cut, which the engine re-injects.
     fn hostile_after(&mut self, k: usize, presented: (EventInj, VIntrCtrl)) {
-        let Some(vcpu) = self.vcpus.get_mut(k) else {
+        let Some(vcpu) = vmcb_of(k) else {
             return;
         };
         if vcpu.exit_int_info().valid() || self.rng.below(8) != 0 {
@@ -550,10 +689,15 @@ impl<'a> World<'a> {
         self.report.forged = self.report.forged.saturating_add(1);
     }
 
-    fn finish(&mut self) {
-        for (k, (engine, vcpu)) in self.engines.iter().zip(self.vcpus.iter()).enumerate() {
-            let Some(engine) = engine else { continue };
-            let kicks = self.platforms.get(k).map_or(0, |p| p.kicks.get());
+    /// After the run (every CPU done): each vCPU's figures and the verdict.
+    fn finish(&mut self, n: usize) {
+        for cell in CELLS.iter().take(n) {
+            // SAFETY: no vCPU runs any more: this CPU owns every cell.
+            let (engine, vcpu) = unsafe { cell.parts() };
+            let Some(engine) = engine.as_ref() else {
+                continue;
+            };
+            let kicks = cell.platform.kicks.load(Ordering::Relaxed);
             self.report.add_vcpu(engine, vcpu, kicks);
         }
         self.report.verdict();
