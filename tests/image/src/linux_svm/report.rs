@@ -200,6 +200,17 @@ impl Report {
             .sum()
     }
 
+    /// One CPU's share of the ledger (`real` mode: one vCPU per CPU).
+    pub fn print_share(&self, k: usize) {
+        println!(
+            "linux: vCPU {k} on its own CPU: delivered maskable {} (EVENTINJ {}, V_IRQ {}), EOIs {}",
+            self.via_eventinj.saturating_add(self.via_virq),
+            self.via_eventinj,
+            self.via_virq,
+            self.eoi_calls
+        );
+    }
+
     /// Adds another CPU's share of the run (its exits, calls, deliveries).
     pub fn merge(&mut self, o: &Report) {
         let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);

@@ -188,10 +188,12 @@ pub fn run(cfg: LinuxConfig, layout: &Layout) -> Report {
             }
         }
         AP_RUN.store(core::ptr::null_mut(), Ordering::SeqCst);
+        world.report.print_share(0);
         for (k, slot) in AP_RESULTS.iter().enumerate().take(n).skip(1) {
             if AP_DONE.load(Ordering::Acquire) & (1 << k) != 0 {
                 // SAFETY: see `ResultSlot`: AP k is done with it.
                 if let Some(r) = unsafe { (*slot.0.get()).take() } {
+                    r.print_share(k);
                     world.report.merge(&r);
                 }
             }
