@@ -21,7 +21,11 @@ const GROUPS: &[&[&[Test]]] = &[
     &[apic::ktests::TESTS],
     kernel::ktests::ALL,
     &[crate::hv_tests::TESTS],
-    &[crate::svm::quirks::TESTS, crate::svm::programs::TESTS],
+    &[
+        crate::svm::quirks::TESTS,
+        crate::svm::quirks::cut::TESTS,
+        crate::svm::programs::TESTS,
+    ],
     guest_boot::ktests::ALL,
 ];
 

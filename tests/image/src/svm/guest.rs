@@ -24,6 +24,8 @@ pub const HCALL: u64 = 0x4856_0000;
 pub const OP_DONE: u64 = 1;
 /// Post vector RCX to this vCPU through its doorbell page (a device).
 pub const OP_POST_SELF: u64 = 2;
+/// No more device posts to this vCPU; RAX != 0 while some are on the way.
+pub const OP_QUIESCE: u64 = 3;
 
 /// Vectors the programs use.
 pub mod vec {
@@ -43,6 +45,9 @@ pub mod vec {
     pub const WAKE: u8 = 0xEF;
     pub const XAPIC_IPI: u8 = 0x45;
     pub const X2APIC_IPI: u8 = 0x46;
+    /// Ping from vCPU j (0x58 + j) to the handed-back vCPU, and its pong.
+    pub const PING: u8 = 0x58;
+    pub const PONG: u8 = 0x5C;
 }
 
 /// Whether the host claims `vector` per instance when posting it (the
@@ -83,10 +88,13 @@ pub enum Program {
     /// Starts in xAPIC mode like OVMF's SEC phase (MMIO trapped through
     /// NPT), self-IPIs through the xAPIC ICR, then switches to x2APIC.
     Xapic = 6,
+    /// The last vCPU deregisters (its APIC is handed back to the host) and
+    /// the others keep pinging it, through the engines' forwarding.
+    Handback = 7,
 }
 
 impl Program {
-    pub const ALL: [Program; 7] = [
+    pub const ALL: [Program; 8] = [
         Program::Timer,
         Program::Deadline,
         Program::Ipi,
@@ -94,6 +102,7 @@ impl Program {
         Program::Tpr,
         Program::Nested,
         Program::Xapic,
+        Program::Handback,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +114,7 @@ impl Program {
             Program::Nested => "nested",
             Program::Deadline => "deadline",
             Program::Xapic => "xapic",
+            Program::Handback => "handback",
         }
     }
 
@@ -143,6 +153,8 @@ pub fn reset() {
     RING_DONE.store(false, Ordering::SeqCst);
     ACKS.store(0, Ordering::SeqCst);
     READY.store(0, Ordering::SeqCst);
+    HANDED_BACK.store(false, Ordering::SeqCst);
+    AFTER_HANDBACK_QUERY.store(u64::MAX, Ordering::SeqCst);
     RAISED.iter().for_each(|r| r.store(0, Ordering::SeqCst));
     IN_LOW.iter().for_each(|r| r.store(false, Ordering::SeqCst));
     NESTED_SEEN
@@ -381,6 +393,7 @@ pub extern "C" fn guest_entry(k: u64) -> ! {
         4 => nested(k, rounds),
         5 => deadline(k, rounds),
         6 => xapic(k, rounds),
+        7 => handback(k, n, rounds),
         _ => wait(|| FINISHED.load(Ordering::SeqCst)),
     }
     done()
@@ -474,6 +487,50 @@ fn deadline(k: usize, ticks: u32) {
     wait(|| received(k, vec::TIMER) >= ticks);
     wrmsr(LVT_TIMER, (1 << 16) | (0b10 << 17) | u64::from(vec::TIMER));
     wrmsr(TSC_DEADLINE, 0);
+}
+
+/// RAX of the QUERY_FEATURES call the handed-back vCPU makes (spec §5:
+/// UNSUPPORTED_PROTOCOL, 0x8000_0001).
+pub static AFTER_HANDBACK_QUERY: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(u64::MAX);
+/// Set by the last vCPU once its APIC was handed back.
+static HANDED_BACK: AtomicBool = AtomicBool::new(false);
+
+fn handback(k: usize, n: usize, rounds: u32) {
+    let last = n.saturating_sub(1);
+    if k == last {
+        // Quiet first: no device post may be on its way to the vCPU.
+        while vmmcall(HCALL | OP_QUIESCE, 0, 0).0 != 0 {
+            sti_window();
+        }
+        // CONFIGURE, deregister (RCX = 1): the count reaches 0, the APIC is
+        // handed back (spec §5); RCX returns the new count.
+        let (rc, count, _) = vmmcall((3 << 32) | 1, 1, 0);
+        if rc != 0 || count != 0 {
+            ledger::violation(((k as u64) << 16) | (0xB0 << 8) | (rc & 0xFF));
+        }
+        // Spec §5: the protocol is gone for this vCPU (UNSUPPORTED_PROTOCOL).
+        // Recorded, not judged: this engine still answers QUERY_FEATURES
+        // after the hand-back (docs/testing.md).
+        let (rc, _, _) = vmmcall(3 << 32, 0, 0);
+        AFTER_HANDBACK_QUERY.store(rc, Ordering::SeqCst);
+        HANDED_BACK.store(true, Ordering::SeqCst);
+        let expected = rounds.saturating_mul(last as u32);
+        wait(|| {
+            (0..last)
+                .map(|j| received(k, vec::PING.wrapping_add(j as u8)))
+                .sum::<u32>()
+                >= expected
+        });
+    } else {
+        while !HANDED_BACK.load(Ordering::SeqCst) {
+            core::hint::spin_loop();
+        }
+        for r in 1..=rounds {
+            send_ipi(last, vec::PING.wrapping_add(k as u8));
+            wait(|| received(k, vec::PONG) >= r);
+        }
+    }
 }
 
 fn ipi(k: usize, n: usize, rounds: u32) {
@@ -583,6 +640,9 @@ extern "C" fn image_guest_dispatch(vector: u64, error: u64) {
             send_ipi(0, vec::ACK);
         }
         vec::NEST_LOW => nest_low(k),
+        p if (vec::PING..vec::PONG).contains(&p) => {
+            send_ipi(usize::from(p.wrapping_sub(vec::PING)), vec::PONG)
+        }
         vec::TIMER
             if PROGRAM.load(Ordering::SeqCst) == Program::Deadline as u8
                 && received(k, vec::TIMER) < ROUNDS.load(Ordering::SeqCst) =>

@@ -19,7 +19,8 @@ use kernel::{EngineConfig, Env, Fabric, VcpuEngine};
 use vmsa::{EventInj, SevFeatures, VmsaAccess};
 
 use super::devices::Devices;
-use super::guest::{self, HCALL, OP_DONE, OP_POST_SELF, Program, vec};
+use super::guest::{self, HCALL, OP_DONE, OP_POST_SELF, OP_QUIESCE, Program, vec};
+use super::handback::HostApic;
 use super::host::{
     self, FLAGS, GUEST_VMPL, HOST_TIMER_VECTOR, HostPlatform, KICK_VECTOR, RunShared,
 };
@@ -139,6 +140,8 @@ pub struct World<'a> {
     /// loop stops it once they are delivered (or withdrawn).
     done_pending: [bool; MAX_VCPUS],
     slice_ns: u64,
+    /// The host's APIC emulation of each handed-back vCPU.
+    handed: [Option<HostApic>; MAX_VCPUS],
     /// The devices, when this world also plays them (single CPU).
     devices: Option<Devices>,
     report: Report,
@@ -160,7 +163,8 @@ pub fn prepare(cfg: RunConfig) -> RunConfig {
     cfg
 }
 
-/// vCPU `k`'s engine configuration; kicks go to `host_apic_id` on vector 23.
+/// vCPU `k`'s engine configuration. Its host APIC ID is `k` (the platform
+/// maps it to the CPU running the vCPU); kicks use vector 23.
 fn engine_config(k: usize, host_apic_id: u32, emulate: bool) -> EngineConfig {
     let tpb = (time::tsc_per_ms() / 1_000_000).max(1) as u32;
     EngineConfig {
@@ -204,7 +208,7 @@ pub fn run(cfg: RunConfig) -> Report {
         vcpu.break_recall = cfg.break_recall;
     }
     let mut engines: [VcpuEngine; MAX_VCPUS] =
-        core::array::from_fn(|k| new_engine(k, me, k < n, &shared));
+        core::array::from_fn(|k| new_engine(k, k as u32, k < n, &shared));
     cpu::cli();
     // SAFETY: `shared` outlives the publication, retracted below with
     // interrupts off after the loop; it is only read through atomics.
@@ -219,6 +223,7 @@ pub fn run(cfg: RunConfig) -> Report {
         halted: [false; MAX_VCPUS],
         done: [false; MAX_VCPUS],
         done_pending: [false; MAX_VCPUS],
+        handed: [const { None }; MAX_VCPUS],
         slice_ns: slice_ns(cfg.seed),
         devices: Some(Devices::new(cfg)),
         report: Report::new(cfg),
@@ -250,7 +255,7 @@ pub fn run_owned(shared: &RunShared, k: usize) -> Report {
     );
     vcpu.break_recall = cfg.break_recall;
     let platform = HostPlatform::new(k);
-    let mut engine = new_engine(k, lapic::id(), true, shared);
+    let mut engine = new_engine(k, k as u32, true, shared);
     let mut world = World {
         cfg,
         own: k..k.saturating_add(1),
@@ -261,6 +266,7 @@ pub fn run_owned(shared: &RunShared, k: usize) -> Report {
         halted: [false; MAX_VCPUS],
         done: [false; MAX_VCPUS],
         done_pending: [false; MAX_VCPUS],
+        handed: [const { None }; MAX_VCPUS],
         slice_ns: slice_ns(cfg.seed),
         devices: None,
         report: Report::new(cfg),
@@ -432,6 +438,10 @@ impl<'a> World<'a> {
             return Err(Stop::Fatal);
         }
         timer.after(k, engine, vcpu, false);
+        let host_apic = self.handed.get_mut(k).and_then(Option::as_mut);
+        if let Some(h) = host_apic {
+            h.before_run(k, vcpu);
+        }
         if let Some(halted) = self.halted.get_mut(k)
             && *halted
         {
@@ -451,11 +461,12 @@ impl<'a> World<'a> {
         }
         arm_host_timer(self.platforms, self.slice_ns);
         let code = vmcb::run(vcpu);
-        let info = match engine.after_exit(&env, vcpu) {
-            Ok(info) => info,
-            Err(_) => return Err(Stop::Fatal),
-        };
-        let _ = info;
+        if engine.after_exit(&env, vcpu).is_err() {
+            return Err(Stop::Fatal);
+        }
+        if let Some(h) = self.handed.get_mut(k).and_then(Option::as_mut) {
+            h.after_exit(vcpu);
+        }
         self.report.count_exit(code);
         self.handle_exit(k, code)?;
         Ok(true)
@@ -473,7 +484,11 @@ impl<'a> World<'a> {
                 Ok(())
             }
             exit::MSR => {
-                self.msr(k);
+                if self.handed.get(k).is_some_and(Option::is_some) {
+                    self.host_msr(k);
+                } else {
+                    self.msr(k);
+                }
                 Ok(())
             }
             exit::VMMCALL => {
@@ -573,6 +588,43 @@ impl<'a> World<'a> {
         true
     }
 
+    /// An APIC MSR access of a handed-back vCPU: the host's emulation
+    /// answers; its IPIs go to their targets' doorbell pages.
+    fn host_msr(&mut self, k: usize) {
+        let i = self.local(k);
+        let (Some(Some(h)), Some(vcpu)) = (self.handed.get_mut(k), self.vcpus.get_mut(i)) else {
+            return;
+        };
+        let Some((msr, value)) = h.msr(vcpu) else {
+            return;
+        };
+        let vector = (value & 0xFF) as u8;
+        match msr {
+            0x830 => {
+                let n = self.cfg.vcpus;
+                let targets: [bool; MAX_VCPUS] = core::array::from_fn(|t| {
+                    t < n
+                        && match (value >> 18) & 3 {
+                            0 => (value >> 32) as usize == t,
+                            1 => t == k,
+                            2 => true,
+                            _ => t != k,
+                        }
+                });
+                for (t, _) in targets.iter().enumerate().filter(|(_, on)| **on) {
+                    if t == k {
+                        ledger::violation(((k as u64) << 16) | (0xF3 << 8));
+                    } else {
+                        host::post_ipi(self.run, t, vector);
+                    }
+                }
+                self.ledger_ipi(k, msr, value);
+            }
+            0x83F => ledger::violation(((k as u64) << 16) | (0xF3 << 8)),
+            _ => {}
+        }
+    }
+
     /// Host-side ledger of an accepted IPI (ICR or SELF_IPI write).
     fn ledger_ipi(&self, k: usize, msr: u64, value: u64) {
         let n = self.cfg.vcpus;
@@ -604,6 +656,15 @@ impl<'a> World<'a> {
         let rax = vcpu.rax();
         if rax >> 32 == 3 {
             let result = engine.handle_apic_call_in_vmsa(&env, vcpu);
+            if engine.registration() == kernel::registration::Registration::HandedBack
+                && let Some(slot @ None) = self.handed.get_mut(k)
+                && let Some(page) = self.run.doorbells.get(k)
+            {
+                *slot = Some(HostApic::take_over(k, page));
+                if let Some(f) = FLAGS.get(k) {
+                    f.handed_back.store(true, Ordering::SeqCst);
+                }
+            }
             if rax & 0xFFFF_FFFF == 4
                 && result.code == ResultCode::Success
                 && let Some(f) = FLAGS.get(k)
@@ -626,6 +687,14 @@ impl<'a> World<'a> {
                 }
                 vcpu.set_rax(u64::from(!drained));
             }
+            OP_QUIESCE => {
+                // Devices stop posting to it; answers whether some post is
+                // still on its way.
+                if let Some(f) = FLAGS.get(k) {
+                    f.done_asked.store(true, Ordering::SeqCst);
+                }
+                vcpu.set_rax(u64::from(ledger::outstanding_on(k)));
+            }
             OP_POST_SELF => {
                 let vector = (vcpu.rcx() & 0xFF) as u8;
                 let ok = host::post_edge(self.run, k, vector);
@@ -646,12 +715,18 @@ impl<'a> World<'a> {
             ) else {
                 continue;
             };
+            let host_pending = self
+                .handed
+                .get(k)
+                .and_then(Option::as_ref)
+                .map(HostApic::pending_words);
             self.report.add_vcpu(
                 k,
                 engine,
                 &vcpu.fixups,
                 p.specific_eois.get(),
                 p.kicks.get(),
+                host_pending,
             );
         }
     }

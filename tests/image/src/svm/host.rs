@@ -54,11 +54,12 @@ pub fn all_configured(n: usize) -> bool {
         .all(|f| f.configured.load(Ordering::SeqCst))
 }
 
-/// Whether vCPU `k` asked to stop (devices leave it alone).
+/// Whether vCPU `k` asked to stop or was handed back (devices leave it
+/// alone).
 pub fn done_asked(k: usize) -> bool {
     FLAGS
         .get(k)
-        .is_none_or(|f| f.done_asked.load(Ordering::SeqCst))
+        .is_none_or(|f| f.done_asked.load(Ordering::SeqCst) || f.handed_back.load(Ordering::SeqCst))
 }
 
 static SHARED: AtomicPtr<RunShared> = AtomicPtr::new(core::ptr::null_mut());
@@ -99,6 +100,8 @@ pub struct VcpuFlags {
     pub level_up: AtomicBool,
     /// APIC ID of the CPU running it.
     pub apic_id: AtomicU32,
+    /// Its APIC was handed back: devices leave it alone.
+    pub handed_back: AtomicBool,
 }
 
 pub static FLAGS: [VcpuFlags; MAX_VCPUS] = [const {
@@ -107,6 +110,7 @@ pub static FLAGS: [VcpuFlags; MAX_VCPUS] = [const {
         done_asked: AtomicBool::new(false),
         level_up: AtomicBool::new(false),
         apic_id: AtomicU32::new(0),
+        handed_back: AtomicBool::new(false),
     }
 }; MAX_VCPUS];
 
@@ -117,6 +121,8 @@ pub static HV_TAKEN: AtomicU64 = AtomicU64::new(0);
 pub static TIMER_IRQS: AtomicU64 = AtomicU64::new(0);
 pub static KICKS_RECEIVED: AtomicU64 = AtomicU64::new(0);
 pub static KICK_IPIS: AtomicU64 = AtomicU64::new(0);
+/// Guest IPIs forwarded to handed-back vCPUs.
+pub static FORWARDS: AtomicU64 = AtomicU64::new(0);
 
 /// Clears the flags and counters before a run; vCPU k runs on `apic_id(k)`.
 pub fn reset(apic_id: impl Fn(usize) -> u32) {
@@ -124,11 +130,19 @@ pub fn reset(apic_id: impl Fn(usize) -> u32) {
         f.configured.store(false, Ordering::SeqCst);
         f.done_asked.store(false, Ordering::SeqCst);
         f.level_up.store(false, Ordering::SeqCst);
+        f.handed_back.store(false, Ordering::SeqCst);
         f.apic_id.store(apic_id(k), Ordering::SeqCst);
     }
     HV_PENDING.store(0, Ordering::SeqCst);
     STOP.store(false, Ordering::SeqCst);
-    for c in [&HV_TAKEN, &TIMER_IRQS, &KICKS_RECEIVED, &KICK_IPIS] {
+    super::handback::reset();
+    for c in [
+        &HV_TAKEN,
+        &TIMER_IRQS,
+        &KICKS_RECEIVED,
+        &KICK_IPIS,
+        &FORWARDS,
+    ] {
         c.store(0, Ordering::SeqCst);
     }
 }
@@ -200,13 +214,26 @@ impl HostPlatform {
 
 impl Platform for HostPlatform {
     fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError> {
-        // A kick (x2APIC ICR format, destination in 63:32): a real IPI to
-        // the target's CPU; on this CPU the run loop visits it anyway.
-        self.kicks.set(self.kicks.get().saturating_add(1));
-        let dest = (icr >> 32) as u32;
-        if dest != lapic::id() {
+        // x2APIC ICR format, destination in 63:32: the engines' host APIC
+        // ID is their vCPU index. The notification vector with fixed
+        // delivery is a kick: a real IPI to the target's CPU (on this CPU
+        // the run loop visits it anyway). Anything else is a guest IPI
+        // forwarded to a handed-back vCPU (`platform::forward_icr`): the
+        // host's APIC emulation of it takes it, and its CPU is woken.
+        let k = (icr >> 32) as usize;
+        let vector = (icr & 0xFF) as u8;
+        let nmi = (icr >> 8) & 0b111 == 0b100;
+        if nmi || vector != KICK_VECTOR {
+            super::handback::forward(k, vector, nmi);
+            FORWARDS.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.kicks.set(self.kicks.get().saturating_add(1));
+        }
+        let me = lapic::id();
+        let dest = flags(k).map_or(me, |f| f.apic_id.load(Ordering::SeqCst));
+        if dest != me {
             KICK_IPIS.fetch_add(1, Ordering::SeqCst);
-            lapic::send_ipi(dest, (icr & 0xFF) as u32);
+            lapic::send_ipi(dest, u32::from(KICK_VECTOR));
         }
         Ok(())
     }
@@ -263,6 +290,17 @@ pub fn signal(page: &DoorbellPage, k: usize) {
     if page.host().raise_no_further_signal() {
         HV_PENDING.fetch_or(1 << k, Ordering::SeqCst);
         interrupt_vcpu_cpu(k, crate::idt::HV_VECTOR);
+    }
+}
+
+/// The host delivers a guest IPI from a handed-back vCPU to vCPU `k`
+/// through its doorbell page (not claimed: IPI vectors are ledgered at the
+/// ICR write).
+pub fn post_ipi(run: &RunShared, k: usize, vector: u8) {
+    if let Some(page) = run.doorbells.get(k)
+        && page.host().post_vector(GUEST_VMPL, vector).is_ok()
+    {
+        signal(page, k);
     }
 }
 

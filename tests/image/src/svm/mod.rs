@@ -15,6 +15,7 @@
 
 pub mod devices;
 pub mod guest;
+pub mod handback;
 pub mod harness;
 pub mod host;
 pub mod hw;
@@ -41,6 +42,7 @@ pub fn default_rounds(program: Program) -> u32 {
         Program::Nested => 20,
         Program::Deadline => 40,
         Program::Xapic => 20,
+        Program::Handback => 10,
     }
 }
 
@@ -65,7 +67,7 @@ fn run(aps: u32, cfg: RunConfig) -> report::Report {
 fn usage() -> ! {
     println!(
         "usage: svm PROGRAM [VCPUS [SEED [ROUNDS [broken]]]] | svm all [SEEDS [VCPUS]]\n\
-         programs: timer deadline ipi device tpr nested xapic"
+         programs: timer deadline ipi device tpr nested xapic handback"
     );
     runner::exit(false)
 }

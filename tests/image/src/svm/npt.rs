@@ -67,3 +67,40 @@ pub fn decode(bytes: [u8; 2]) -> Option<Mmio> {
         _ => None,
     }
 }
+
+static HOLE_PML4: Page = Page::new();
+static HOLE_PDPT: Page = Page::new();
+static HOLE_PD: [Page; 4] = [const { Page::new() }; 4];
+static HOLE_PT: Page = Page::new();
+
+/// Nested tables like [`nested_cr3`]'s but with the 4 KiB page at `gpa`
+/// (first 4 GiB) absent instead of the xAPIC page; returns their CR3.
+/// For the tests that make an event delivery fault (its stack page absent).
+pub fn nested_cr3_with_hole(gpa: u64) -> u64 {
+    HOLE_PML4.set(0, HOLE_PDPT.pa() | P_RW_US);
+    for (g, pd) in HOLE_PD.iter().enumerate() {
+        HOLE_PDPT.set(g.wrapping_mul(8), pd.pa() | P_RW_US);
+        for e in 0..512usize {
+            let pa = ((g as u64) << 30) | ((e as u64) << 21);
+            pd.set(e.wrapping_mul(8), pa | P_RW_US | PS);
+        }
+    }
+    let region = gpa & !0x1F_FFFF;
+    for e in 0..512usize {
+        HOLE_PT.set(e.wrapping_mul(8), (region | ((e as u64) << 12)) | P_RW_US);
+    }
+    fill_hole(gpa, false);
+    let g = ((gpa >> 30) & 3) as usize;
+    let index = ((gpa >> 21) & 0x1FF) as usize;
+    if let Some(pd) = HOLE_PD.get(g) {
+        pd.set(index.wrapping_mul(8), HOLE_PT.pa() | P_RW_US);
+    }
+    HOLE_PML4.pa()
+}
+
+/// Makes the page at `gpa` present (or absent again) in the holed tables.
+pub fn fill_hole(gpa: u64, present: bool) {
+    let e = ((gpa >> 12) & 0x1FF) as usize;
+    let value = if present { (gpa & !0xFFF) | P_RW_US } else { 0 };
+    HOLE_PT.set(e.wrapping_mul(8), value);
+}

@@ -53,6 +53,10 @@ ktest::suite! {
         passes(Program::Xapic, 5, 1);
     }
 
+    fn svm_handback_of_one_vcpu_while_the_others_keep_pinging_it() {
+        passes(Program::Handback, 5, 1);
+    }
+
     fn svm_ledger_catches_an_engine_without_recall() {
         super::init().unwrap_or_else(|e| panic!("SVM: {e}"));
         let report = harness::run(RunConfig {

@@ -10,10 +10,13 @@
     clippy::arithmetic_side_effects
 )]
 
+use kernel::protocol::{ApicCall, ResultCode};
+use kernel::{EngineConfig, Env, Fabric, VcpuEngine};
 use vmsa::{EventInj, VIntrCtrl, VmsaAccess};
 
 use super::guest::{self, LAST_ERROR};
-use super::harness::init_vmcb;
+use super::harness::{RunConfig, init_vmcb};
+use super::host::{HostPlatform, RunShared};
 use super::hw::{self, exit, off};
 use super::ledger;
 use super::ledger::GUEST;
@@ -150,5 +153,136 @@ ktest::suite! {
         assert_eq!(vcpu.vintr_ctrl(), ctrl);
         assert_eq!(vcpu.vmcb.get(off::INT_CTL), 3 | hw::V_INTR_MASKING);
         assert_eq!(vcpu.vmcb.get(off::INT_STATE), 1);
+    }
+}
+
+/// The guest, its engine and what they need, for tests that drive the
+/// engine around one real VMRUN at a time.
+struct Rig {
+    vcpu: Vcpu,
+    run: RunShared,
+    platform: HostPlatform,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Self {
+            vcpu: spinning_guest(),
+            run: RunShared::new(RunConfig {
+                program: guest::Program::Timer,
+                vcpus: 1,
+                seed: 0,
+                rounds: 0,
+                break_recall: false,
+                limit_ms: 0,
+            }),
+            platform: HostPlatform::new(0),
+        }
+    }
+
+    fn engine(&self) -> VcpuEngine {
+        let config = EngineConfig {
+            index: 0,
+            host_apic_id: 0,
+            apic: apic::ApicConfig {
+                apic_id: 0,
+                bsp: true,
+                ticks_per_bus_cycle: 1,
+                directed_eoi: false,
+            },
+            guest_vmpl: 2,
+            notification_vector: crate::svm::host::KICK_VECTOR,
+            emulate: true,
+        };
+        VcpuEngine::new(config, Fabric::new(&self.run.slots)).unwrap()
+    }
+}
+
+fn write(engine: &mut VcpuEngine, rig: &mut Rig, msr: u64, value: u64) {
+    let env = Env {
+        platform: &rig.platform,
+        fabric: Fabric::new(&rig.run.slots),
+        doorbell: &rig.run.doorbells[0],
+        caa_no_eoi: None,
+    };
+    let r = engine.handle_apic_call(&env, &mut rig.vcpu, ApicCall::WriteRegister { msr, value });
+    assert_eq!(r.code, ResultCode::Success, "write {msr:#x}");
+}
+
+/// The engine around a V_IRQ delivery QEMU cuts with an exit.
+pub mod cut {
+    #![allow(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects
+    )]
+    use super::*;
+
+    ktest::suite! {
+        fn qemu_quirk_v_irq_cut_by_npf_reports_exception_type_and_engine_delivers_once() {
+            let mut rig = Rig::new();
+            let mut engine = rig.engine();
+            // The page the interrupt frame is pushed to is absent: delivering
+            // the V_IRQ faults (#NPF) half-way (APM vol. 2 §15.20: EXITINTINFO).
+            let frame_page = (guest::stack_top(0) - 8) & !0xFFF;
+            rig.vcpu.vmcb.set(off::NESTED_CTL, 1);
+            rig.vcpu.vmcb.set(off::NESTED_CR3, crate::svm::npt::nested_cr3_with_hole(frame_page));
+            rig.vcpu.vmcb.set(off::G_PAT, 0x0007_0406_0007_0406);
+            let base = engine.apic().apic_base();
+            write(&mut engine, &mut rig, 0x1B, base | (1 << 10));
+            write(&mut engine, &mut rig, 0x80F, 0x1FF);
+            write(&mut engine, &mut rig, 0x83F, 0x95);
+            // An interrupt shadow makes the engine queue V_IRQ (QEMU 7.2 then
+            // ignores the shadow and takes it at once).
+            rig.vcpu.set_vintr_ctrl(rig.vcpu.vintr_ctrl().with_int_shadow(true));
+            let env = Env {
+                platform: &rig.platform,
+                fabric: Fabric::new(&rig.run.slots),
+                doorbell: &rig.run.doorbells[0],
+                caa_no_eoi: None,
+            };
+            let vcpu = &mut rig.vcpu;
+            engine.before_run(&env, vcpu).unwrap();
+            let ctrl = vcpu.vintr_ctrl();
+            assert!(ctrl.v_irq() && ctrl.v_intr_vector() == 0x95, "engine queued V_IRQ");
+            assert_eq!(vmcb::run(vcpu), exit::NPF);
+            let info = vcpu.exit_int_info();
+            assert!(info.valid() && info.vector() == 0x95, "EXITINTINFO {:#x}", info.into_bits());
+            assert_eq!(
+                info.event_type(),
+                vmsa::EventType::Exception,
+                "QEMU reported the cut V_IRQ as {:?}: quirk fixed?",
+                info.event_type()
+            );
+            assert!(vcpu.vintr_ctrl().v_irq(), "QEMU cleared V_IRQ: quirk fixed?");
+            assert_eq!(vcpu.fixups.virq_cut_as_exception, 1);
+            let before = engine.counters();
+            engine.after_exit(&env, vcpu).unwrap();
+            let after = engine.counters();
+            assert_eq!(after.recalled, before.recalled + 1, "the V_IRQ goes back to IRR");
+            assert_eq!(after.forged_exit_events, before.forged_exit_events + 1, "type 3 dropped");
+            assert!(!vcpu.event_inj().valid(), "nothing re-injected");
+            // Page back: the vector is delivered exactly once.
+            crate::svm::npt::fill_hole(frame_page, true);
+            for _ in 0..10 {
+                engine.before_run(&env, vcpu).unwrap();
+                let code = vmcb::run(vcpu);
+                engine.after_exit(&env, vcpu).unwrap();
+                match code {
+                    exit::MSR => {
+                        let msr = vcpu.rcx() & 0xFFFF_FFFF;
+                        let value = (vcpu.rdx() << 32) | (vcpu.rax() & 0xFFFF_FFFF);
+                        let r = engine.handle_apic_call(&env, vcpu, ApicCall::WriteRegister { msr, value });
+                        assert_eq!(r.code, ResultCode::Success);
+                        vcpu.skip(2);
+                    }
+                    exit::VMMCALL => break,
+                    other => panic!("exit {other:#x}"),
+                }
+            }
+            assert_eq!(GUEST.get(0, 0x95), 1, "delivered exactly once");
+            assert!(engine.apic().irr().is_empty() && engine.apic().isr().is_empty());
+        }
     }
 }

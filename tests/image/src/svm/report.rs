@@ -166,6 +166,7 @@ impl Report {
         fixups: &Fixups,
         specific_eois: u64,
         kicks: u64,
+        host_pending: Option<[u64; 4]>,
     ) {
         let c = engine.counters();
         let mut pending = [0u64; 4];
@@ -173,6 +174,10 @@ impl Report {
             if let Some(w) = pending.get_mut(usize::from(v >> 6)) {
                 *w |= 1 << (v & 63);
             }
+        }
+        // A handed-back vCPU's pending vectors are in the host's emulation.
+        if let Some(words) = host_pending {
+            pending = words;
         }
         if let Some(f) = self.vcpus.get_mut(k) {
             *f = VcpuFigures {
@@ -382,6 +387,13 @@ impl Report {
             ledger::FIRST_VIOLATION.load(Ordering::SeqCst),
             self.level_mismatch
         );
+        if c.program == super::guest::Program::Handback {
+            println!(
+                "  hand-back: {} guest IPIs forwarded to the handed-back vCPU; QUERY_FEATURES after it answered {:#x} (spec §5: 0x80000001)",
+                super::host::FORWARDS.load(Ordering::SeqCst),
+                super::guest::AFTER_HANDBACK_QUERY.load(Ordering::SeqCst)
+            );
+        }
         if self.stop == Stop::BadExit {
             println!(
                 "  stopped on exit code {:#x} at rip {:#x}",
