@@ -62,6 +62,8 @@ pub struct Report {
     sum_latency: u64,
     last_msr: u64,
     delivered: [u64; 256],
+    /// EOIs by the vector they ended (index 0: EOI with nothing in service).
+    eoi_by_vector: [u64; 256],
     via_eventinj: u64,
     via_virq: u64,
     nmis: u64,
@@ -113,6 +115,7 @@ impl Report {
             sum_latency: 0,
             last_msr: 0,
             delivered: [0; 256],
+            eoi_by_vector: [0; 256],
             via_eventinj: 0,
             via_virq: 0,
             nmis: 0,
@@ -200,6 +203,14 @@ impl Report {
             .sum()
     }
 
+    /// An EOI of `vector` (the highest in service when the guest wrote EOI).
+    pub fn note_eoi(&mut self, vector: Option<u8>) {
+        let slot = vector.map_or(0, usize::from);
+        if let Some(c) = self.eoi_by_vector.get_mut(slot) {
+            *c = c.saturating_add(1);
+        }
+    }
+
     /// One CPU's share of the ledger (`real` mode: one vCPU per CPU).
     pub fn print_share(&self, k: usize) {
         println!(
@@ -218,6 +229,9 @@ impl Report {
             add(a, *b);
         }
         for (a, b) in self.delivered.iter_mut().zip(o.delivered.iter()) {
+            add(a, *b);
+        }
+        for (a, b) in self.eoi_by_vector.iter_mut().zip(o.eoi_by_vector.iter()) {
             add(a, *b);
         }
         add(&mut self.idles, o.idles);
@@ -440,6 +454,20 @@ impl Report {
             },
             self.in_service_at_end
         );
+        if !self.ledger_ok() {
+            print!("linux: ledger per vector (delivered/EOI'd where they differ):");
+            for (v, (d, e)) in self
+                .delivered
+                .iter()
+                .zip(self.eoi_by_vector.iter())
+                .enumerate()
+            {
+                if d != e {
+                    print!(" {v:#x} {d}/{e}");
+                }
+            }
+            println!("");
+        }
         println!("linux: {}", if self.pass { "PASS" } else { "FAIL" });
     }
 }

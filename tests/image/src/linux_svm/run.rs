@@ -459,6 +459,9 @@ impl World {
             None => ApicCall::ReadRegister { msr },
         };
         self.report.count_protocol(msr, write.is_some());
+        if (msr, write) == (0x80B, Some(0)) {
+            self.report.note_eoi(engine.apic().isr().highest());
+        }
         let result = engine.handle_apic_call(&env, vcpu, call);
         if result.code != ResultCode::Success {
             self.report.refused = self.report.refused.saturating_add(1);
