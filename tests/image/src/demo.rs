@@ -85,7 +85,7 @@ unsafe impl GlobalAlloc for CountingHeap {
 static ALLOCATOR: CountingHeap = CountingHeap;
 
 /// Hands the static heap to the allocator (once: later calls do nothing).
-fn init_heap() {
+pub fn init_heap() {
     static DONE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
     if DONE.swap(true, Ordering::SeqCst) {
         return;

@@ -16,42 +16,10 @@ pub const HV_VECTOR: u8 = 28;
 /// The local APIC spurious-interrupt vector the kernel programs in SVR.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 
-/// Vectors with a stub, in `isr_table` order.
-const STUB_VECTORS: [u8; 33] = [
-    0,
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    7,
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-    15,
-    16,
-    17,
-    18,
-    19,
-    20,
-    21,
-    22,
-    23,
-    24,
-    25,
-    26,
-    27,
-    28,
-    29,
-    30,
-    31,
-    SPURIOUS_VECTOR,
-];
+/// Every vector has a stub (exceptions, host vectors 16-31, the spurious
+/// vector, and 32-254, which a Linux guest's devices raise on the real
+/// LAPIC while it runs: `linux_svm`); `isr_table` is in vector order.
+const STUB_COUNT: usize = 256;
 
 core::arch::global_asm!(
     // Exceptions that push an error code: #DF 8, #TS 10, #NP 11, #SS 12, #GP 13,
@@ -68,7 +36,7 @@ core::arch::global_asm!(
     ".endm",
     "",
     ".text",
-    ".irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,255",
+    ".irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100,101,102,103,104,105,106,107,108,109,110,111,112,113,114,115,116,117,118,119,120,121,122,123,124,125,126,127,128,129,130,131,132,133,134,135,136,137,138,139,140,141,142,143,144,145,146,147,148,149,150,151,152,153,154,155,156,157,158,159,160,161,162,163,164,165,166,167,168,169,170,171,172,173,174,175,176,177,178,179,180,181,182,183,184,185,186,187,188,189,190,191,192,193,194,195,196,197,198,199,200,201,202,203,204,205,206,207,208,209,210,211,212,213,214,215,216,217,218,219,220,221,222,223,224,225,226,227,228,229,230,231,232,233,234,235,236,237,238,239,240,241,242,243,244,245,246,247,248,249,250,251,252,253,254,255",
     "ISR_STUB \\v",
     ".endr",
     "",
@@ -106,7 +74,7 @@ core::arch::global_asm!(
     ".balign 8",
     ".global isr_table",
     "isr_table:",
-    ".irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,255",
+    ".irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100,101,102,103,104,105,106,107,108,109,110,111,112,113,114,115,116,117,118,119,120,121,122,123,124,125,126,127,128,129,130,131,132,133,134,135,136,137,138,139,140,141,142,143,144,145,146,147,148,149,150,151,152,153,154,155,156,157,158,159,160,161,162,163,164,165,166,167,168,169,170,171,172,173,174,175,176,177,178,179,180,181,182,183,184,185,186,187,188,189,190,191,192,193,194,195,196,197,198,199,200,201,202,203,204,205,206,207,208,209,210,211,212,213,214,215,216,217,218,219,220,221,222,223,224,225,226,227,228,229,230,231,232,233,234,235,236,237,238,239,240,241,242,243,244,245,246,247,248,249,250,251,252,253,254,255",
     ".quad isr_stub_\\v",
     ".endr",
     ".text",
@@ -133,12 +101,12 @@ const KERNEL_CS: u64 = 0x08;
 /// stub and loads it (Intel SDM vol. 3A §6.14.1).
 pub fn init() {
     unsafe extern "C" {
-        static isr_table: [u64; 33];
+        static isr_table: [u64; STUB_COUNT];
     }
-    // SAFETY: `isr_table` is 33 quads in .rodata defined by the global_asm above and
+    // SAFETY: `isr_table` is 256 quads in .rodata defined by the global_asm above and
     // never written.
-    let stubs: [u64; 33] = unsafe { isr_table };
-    for (&vector, &handler) in STUB_VECTORS.iter().zip(stubs.iter()) {
+    let stubs: [u64; STUB_COUNT] = unsafe { isr_table };
+    for (vector, &handler) in (0..=u8::MAX).zip(stubs.iter()) {
         let ist = u64::from(IST1_VECTORS.contains(&vector));
         let low = (handler & 0xFFFF)
             | (KERNEL_CS << 16)
@@ -162,8 +130,7 @@ pub fn init() {
         base: core::ptr::addr_of!(IDT) as u64,
     };
     // SAFETY: IDT is a static that lives forever, filled with gates to the stubs
-    // above; absent vectors are not-present gates (they raise #NP, vector 11, which
-    // is installed).
+    // above, one per vector.
     unsafe {
         core::arch::asm!("lidt [{}]", in(reg) &idtr, options(readonly, nostack, preserves_flags));
     }
@@ -179,6 +146,10 @@ const EXCEPTION_NAMES: [&str; 32] = [
 #[unsafe(no_mangle)]
 extern "C" fn interrupt_dispatch(vector: u64, error_code: u64, rip: u64) {
     match vector {
+        v if v == u64::from(HV_VECTOR) && crate::linux_svm::active() => crate::linux_svm::on_hv(),
+        v if (32..255).contains(&v) && crate::linux_svm::active() => {
+            crate::linux_svm::on_device(v as u8)
+        }
         v if v == u64::from(HV_VECTOR) && crate::svm::host::active() => crate::svm::host::on_hv(),
         v if v == u64::from(HV_VECTOR) => hv::on_hv(),
         v if v == u64::from(crate::svm::host::HOST_TIMER_VECTOR) => crate::svm::host::on_timer(),

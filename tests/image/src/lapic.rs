@@ -122,3 +122,22 @@ pub fn send_ipi(dest: u32, icr_low: u32) {
     write(REG_ICR_HIGH, dest << 24);
     write(REG_ICR_LOW, icr_low);
 }
+
+const REG_TMR: usize = 0x180;
+
+/// Whether the APIC accepted `vector` as level-triggered (TMR, SDM vol. 3A
+/// §11.8.4): the IOAPIC line stays asserted until this vector's EOI.
+pub fn level_triggered(vector: u8) -> bool {
+    vector_bit(REG_TMR, vector)
+}
+
+const REG_LDR: usize = 0xD0;
+const REG_DFR: usize = 0xE0;
+
+/// Puts this APIC in the flat logical model with logical ID bit `bit`
+/// (SDM vol. 3A §11.6.2.2), so that an IOAPIC entry in logical mode that
+/// names that bit reaches this CPU.
+pub fn set_flat_logical_id(bit: u8) {
+    write(REG_DFR, 0xFFFF_FFFF);
+    write(REG_LDR, 1u32.checked_shl(u32::from(bit) + 24).unwrap_or(0));
+}

@@ -33,6 +33,8 @@ mod idt;
 #[cfg(target_os = "none")]
 mod lapic;
 #[cfg(target_os = "none")]
+mod linux_svm;
+#[cfg(target_os = "none")]
 mod runner;
 #[cfg(target_os = "none")]
 mod svm;
@@ -73,6 +75,18 @@ extern "C" fn kmain(start_info: u32) -> ! {
             args.trim()
         );
         svm::main(args)
+    }
+    // The MMIO decoder (iced-x86) allocates its tables on first use.
+    demo::init_heap();
+    if let Some(args) = filter
+        .strip_prefix("linux")
+        .filter(|rest| rest.is_empty() || rest.starts_with(' '))
+    {
+        println!(
+            "image: long mode up, TSC {tsc_per_ms} ticks/ms, linux {:?}",
+            args.trim()
+        );
+        linux_svm::main(args)
     }
     println!("image: long mode up, TSC {tsc_per_ms} ticks/ms, filter {filter:?}");
     runner::run(filter)

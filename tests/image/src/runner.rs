@@ -26,6 +26,7 @@ const GROUPS: &[&[&[Test]]] = &[
         crate::svm::quirks::cut::TESTS,
         crate::svm::programs::TESTS,
     ],
+    guest_boot::ktests::ALL,
 ];
 
 /// isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`); QEMU

@@ -217,6 +217,8 @@ pub fn ap_serve(index: usize) -> ! {
     let mut seen = RUN_GEN.load(Ordering::SeqCst);
     loop {
         while RUN_GEN.load(Ordering::SeqCst) == seen {
+            // A Linux guest run with a vCPU per CPU (`linux_svm`) joins here.
+            crate::linux_svm::ap_poll();
             super::hw::idle();
         }
         seen = RUN_GEN.load(Ordering::SeqCst);
