@@ -67,3 +67,5 @@ pub use fabric::{Fabric, VcpuShared, VmShared};
 pub use hv::{HvEvents, Vmpl0Tpr, handle_hv};
 #[cfg(not(feature = "loom"))]
 pub use platform::{NoTimer, Platform, PlatformError};
+#[cfg(not(feature = "loom"))]
+pub use protocol::{CallOutcome, HandBack};

@@ -523,7 +523,8 @@ impl<const N: usize> Fixture<N> {
     /// An APIC protocol call on vCPU `i`.
     pub fn call(&mut self, i: usize, call: ApicCall) -> Option<CallResult> {
         let (engine, env, vmsa) = self.parts(i)?;
-        Some(engine.handle_apic_call(&env, vmsa, call))
+        let outcome = engine.handle_apic_call(&env, call);
+        Some(engine.finish_apic_call(&env, vmsa, outcome))
     }
 
     /// WRITE_REGISTER through the protocol.

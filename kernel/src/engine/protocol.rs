@@ -8,7 +8,8 @@ use crate::counters::bump;
 use crate::fabric::pack_address;
 use crate::platform::Platform;
 use crate::protocol::{
-    ApicCall, CallRegs, CallResult, ResultCode, configure_vector, feature, register_error,
+    ApicCall, CallOutcome, CallRegs, CallResult, HandBack, ResultCode, configure_vector, feature,
+    register_error,
 };
 use crate::registration::ConfigureStep;
 use apic::{ApicMode, WriteEffect};
@@ -50,14 +51,16 @@ impl VcpuEngine {
         }
     }
 
-    /// Answers one APIC protocol call (RAX/RCX/RDX already decoded).
+    /// Answers one APIC protocol call decoded from the guest's copied-out
+    /// registers ([`ApicCall::decode`]); no VMSA needed. The one call that
+    /// needs it, the CONFIGURE that hands the APIC back, returns
+    /// [`CallOutcome::HandBack`] for [`VcpuEngine::complete_hand_back`].
     #[inline]
-    pub fn handle_apic_call<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+    pub fn handle_apic_call<P: Platform + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
-        vmsa: &mut V,
         call: ApicCall,
-    ) -> CallResult {
+    ) -> CallOutcome {
         // The hottest call first (`fast`): the EOI write.
         if call
             == (ApicCall::WriteRegister {
@@ -68,40 +71,34 @@ impl VcpuEngine {
             && self.fast_eoi(env)
         {
             bump(&mut self.counters.protocol_calls);
-            return CallResult::SUCCESS;
+            return CallOutcome::Done(CallResult::SUCCESS);
         }
-        self.handle_apic_call_general::<true, P, V>(env, vmsa, call)
+        self.handle_apic_call_general::<true, P>(env, call)
     }
 
     /// [`VcpuEngine::handle_apic_call`] without its fast paths (nor those
     /// of `write_register`), for the tests that compare both.
     #[cfg(feature = "ktests")]
-    pub fn handle_apic_call_without_fast_paths<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+    pub fn handle_apic_call_without_fast_paths<P: Platform + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
-        vmsa: &mut V,
         call: ApicCall,
-    ) -> CallResult {
-        self.handle_apic_call_general::<false, P, V>(env, vmsa, call)
+    ) -> CallOutcome {
+        self.handle_apic_call_general::<false, P>(env, call)
     }
 
     #[inline(never)]
-    pub(super) fn handle_apic_call_general<
-        const FAST: bool,
-        P: Platform + ?Sized,
-        V: VmsaAccess + ?Sized,
-    >(
+    pub(super) fn handle_apic_call_general<const FAST: bool, P: Platform + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
-        vmsa: &mut V,
         call: ApicCall,
-    ) -> CallResult {
+    ) -> CallOutcome {
         bump(&mut self.counters.protocol_calls);
         if !self.registration.emulating() {
             // Off, or handed back: the protocol is gone on this vCPU (spec §5).
-            return CallResult::code(ResultCode::UnsupportedProtocol);
+            return CallOutcome::Done(CallResult::code(ResultCode::UnsupportedProtocol));
         }
-        match call {
+        let result = match call {
             ApicCall::QueryFeatures => {
                 let mut features = feature::LAZY_EOI;
                 if env.platform.has_timer() {
@@ -111,10 +108,9 @@ impl VcpuEngine {
             }
             ApicCall::Configure(op) => match env.fabric.vm().registrations().configure(op) {
                 Ok(ConfigureStep::Count(count)) => CallResult::rcx(u64::from(count)),
-                Ok(ConfigureStep::HandBack) => match self.hand_back(env, vmsa) {
-                    Ok(()) => CallResult::rcx(0),
-                    Err(code) => CallResult::code(code),
-                },
+                Ok(ConfigureStep::HandBack) => {
+                    return CallOutcome::HandBack(HandBack { index: self.index });
+                }
                 Err(code) => CallResult::code(code),
             },
             ApicCall::ReadRegister { msr } => match self.read_register(env, msr) {
@@ -134,11 +130,58 @@ impl VcpuEngine {
             }
             ApicCall::ConfigureVector(rcx) => CallResult::code(self.configure_vector(rcx)),
             ApicCall::Unknown(_) => CallResult::code(ResultCode::UnsupportedCall),
+        };
+        CallOutcome::Done(result)
+    }
+
+    /// Completes the hand-back a CONFIGURE asked for (`handback`: the
+    /// descriptor writeback, disable-AI, SEV_FEATURES.AlternateInjection
+    /// cleared, the mailbox closed) and answers that call: SUCCESS with
+    /// RCX = 0, or INVALID_REQUEST when disable-AI failed (the vCPU stays
+    /// emulated, the count stays 0, the next deregister or query retries).
+    /// Call it between `after_exit` and the next `before_run` (BUSY set),
+    /// with the calling vCPU's VMSA.
+    pub fn complete_hand_back<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+        token: HandBack,
+    ) -> CallResult {
+        if token.index != self.index {
+            log::warn!(
+                "vCPU {}: hand-back token of vCPU {} refused",
+                self.index,
+                token.index
+            );
+            return CallResult::code(ResultCode::InvalidRequest);
+        }
+        if !self.registration.emulating() {
+            return CallResult::code(ResultCode::UnsupportedProtocol);
+        }
+        match self.hand_back(env, vmsa) {
+            Ok(()) => CallResult::rcx(0),
+            Err(code) => CallResult::code(code),
         }
     }
 
-    /// Reads RAX/RCX/RDX from the VMSA, answers the APIC protocol call and
-    /// writes RAX (and RCX/RDX outputs) back.
+    /// The answer of `outcome`, completing a hand-back with `vmsa`: the two
+    /// steps of a protocol call in one, for a run loop that has the VMSA at
+    /// hand anyway.
+    pub fn finish_apic_call<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        vmsa: &mut V,
+        outcome: CallOutcome,
+    ) -> CallResult {
+        match outcome {
+            CallOutcome::Done(result) => result,
+            CallOutcome::HandBack(token) => self.complete_hand_back(env, vmsa, token),
+        }
+    }
+
+    /// Reads RAX/RCX/RDX/R8 from the VMSA, answers the APIC protocol call
+    /// (completing a hand-back at once) and writes RAX (and RCX/RDX
+    /// outputs) back: the one-call form of `handle_apic_call`.
     pub fn handle_apic_call_in_vmsa<P: Platform + ?Sized, V: VmsaAccess + ?Sized>(
         &mut self,
         env: &Env<'_, P>,
@@ -151,17 +194,12 @@ impl VcpuEngine {
             r8: vmsa.r8(),
         };
         let result = if regs.is_apic_protocol() {
-            self.handle_apic_call(env, vmsa, ApicCall::decode(&regs))
+            let outcome = self.handle_apic_call(env, ApicCall::decode(&regs));
+            self.finish_apic_call(env, vmsa, outcome)
         } else {
             CallResult::code(ResultCode::UnsupportedProtocol)
         };
-        vmsa.set_rax(result.code.value());
-        if let Some(rcx) = result.rcx {
-            vmsa.set_rcx(rcx);
-        }
-        if let Some(rdx) = result.rdx {
-            vmsa.set_rdx(rdx);
-        }
+        result.write_to(vmsa);
         result
     }
 

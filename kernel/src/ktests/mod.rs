@@ -16,6 +16,7 @@
 pub mod busy;
 pub mod caa;
 pub mod cancel;
+pub mod deferred;
 pub mod flow;
 pub mod handback;
 pub mod host_level;
@@ -42,6 +43,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     registration::TESTS,
     caa::TESTS,
     cancel::TESTS,
+    deferred::TESTS,
 ];
 
 use crate::testing::Fixture;
