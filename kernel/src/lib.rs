@@ -62,7 +62,7 @@ pub use counters::Counters;
 #[cfg(not(feature = "loom"))]
 pub use engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 #[cfg(not(feature = "loom"))]
-pub use fabric::{Fabric, VcpuShared, VmShared};
+pub use fabric::{Fabric, VcpuShared, VcpuSlots, VmShared};
 #[cfg(not(feature = "loom"))]
 pub use hv::{HvEvents, Vmpl0Tpr, handle_hv};
 #[cfg(not(feature = "loom"))]

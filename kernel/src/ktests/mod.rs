@@ -26,6 +26,7 @@ pub mod parts;
 pub mod protocol;
 pub mod registration;
 pub mod reinject;
+pub mod slots;
 pub mod timer;
 
 /// Every test of the crate.
@@ -44,6 +45,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     caa::TESTS,
     cancel::TESTS,
     deferred::TESTS,
+    slots::TESTS,
 ];
 
 use crate::testing::Fixture;
