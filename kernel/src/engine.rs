@@ -226,8 +226,10 @@ pub struct VcpuEngine {
 const _: () = assert!(core::mem::size_of::<VcpuEngine>() <= 1024);
 
 impl VcpuEngine {
-    /// Creates the engine of vCPU `config.index` and makes its slot present
-    /// in `fabric` (an AP created later calls this when its VMSA is made).
+    /// Creates the engine of vCPU `config.index` on its own CPU and makes
+    /// its slot present in `fabric` (an AP created later: after the
+    /// creating CPU announced it with [`VcpuShared::announce`]; IPIs posted
+    /// since wait in the mailbox for the first `before_run`).
     pub fn new(config: EngineConfig, fabric: Fabric<'_>) -> Result<Self, Fatal> {
         let slot = fabric.slot(config.index).ok_or(Fatal::NoSlot)?;
         let index = u32::try_from(config.index).map_err(|_| Fatal::NoSlot)?;
@@ -237,6 +239,9 @@ impl VcpuEngine {
         let apic = LocalApic::new(config.apic);
         if config.emulate {
             slot.activate(config.host_apic_id, &apic.address());
+        } else if slot.present() {
+            // Announced, but the vCPU came up without emulation.
+            slot.withdraw();
         }
         Ok(Self {
             apic,

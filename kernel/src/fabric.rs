@@ -138,8 +138,9 @@ impl VcpuShared {
         &self.mailbox
     }
 
-    /// Whether the vCPU's engine exists and the SVSM emulates its APIC
-    /// (false before the engine is created and after the hand-back).
+    /// Whether the vCPU's engine exists (or the AP was announced,
+    /// [`VcpuShared::announce`]) and the SVSM emulates its APIC (false
+    /// before either and after the hand-back).
     pub fn present(&self) -> bool {
         self.address.load(Ordering::Acquire) >> MODE_SHIFT != MODE_ABSENT && !self.handed_back()
     }
@@ -239,8 +240,34 @@ impl VcpuShared {
         self.owner.timer_fired.load(Ordering::Acquire)
     }
 
-    /// Makes the slot present (the owner's engine was created). A slot
-    /// whose APIC had been handed back gets an empty, open mailbox again.
+    /// Announces an AP from the CPU that handles the guest's request to
+    /// create it, before the AP's own engine exists (its CPU has not started
+    /// yet and the creating CPU cannot reach its per-CPU data): `config` is
+    /// the [`crate::EngineConfig`] the AP's engine will be created with.
+    /// From now on the slot is present with the address the AP's APIC has
+    /// at reset, so IPIs to it post into its mailbox (and kick its host APIC
+    /// ID) instead of being dropped; the mailbox is kept when the engine is
+    /// created ([`crate::VcpuEngine::new`]) and drained by its first
+    /// `before_run`, so each is delivered exactly once. Atomics only, callable from any CPU;
+    /// nothing happens for a configuration without emulation.
+    pub fn announce(&self, config: &crate::EngineConfig) {
+        if config.emulate {
+            let apic = apic::LocalApic::new(config.apic);
+            self.activate(config.host_apic_id, &apic.address());
+        }
+    }
+
+    /// Makes the slot absent again (an announced vCPU whose engine came up
+    /// without emulation): what was posted meanwhile is dropped, as for a
+    /// CPU that does not exist.
+    pub(crate) fn withdraw(&self) {
+        self.address.store(0, Ordering::Release);
+        let _ = self.mailbox.drain();
+    }
+
+    /// Makes the slot present (the owner's engine was created, or the AP
+    /// announced). A slot whose APIC had been handed back gets an empty,
+    /// open mailbox again; an open one keeps what was posted.
     pub(crate) fn activate(&self, host_apic_id: u32, address: &ApicAddress) {
         self.host_apic_id.store(host_apic_id, Ordering::Relaxed);
         if self.mailbox.closed() {

@@ -13,6 +13,7 @@
     clippy::arithmetic_side_effects
 )]
 
+pub mod ap;
 pub mod busy;
 pub mod caa;
 pub mod cancel;
@@ -46,6 +47,7 @@ pub const ALL: &[&[ktest::Test]] = &[
     cancel::TESTS,
     deferred::TESTS,
     slots::TESTS,
+    ap::TESTS,
 ];
 
 use crate::testing::Fixture;
