@@ -404,27 +404,25 @@ impl<const N: usize> VcpuSlots for [Option<&VcpuShared>; N] {
     }
 }
 
-/// Where the slots are: the contiguous table the fast paths walk, or the
-/// SVSM's lookup.
-#[derive(Clone, Copy)]
-enum Slots<'a> {
-    Table(&'a [VcpuShared]),
-    Lookup(&'a dyn VcpuSlots),
-}
-
 /// Every vCPU's shared part (through [`VcpuSlots`]) and the VM-wide state,
 /// owned by the SVSM.
 #[derive(Clone, Copy)]
 pub struct Fabric<'a> {
-    slots: Slots<'a>,
+    /// The contiguous table, looked up first with no indirection (empty
+    /// when the slots come from a lookup).
+    table: &'a [VcpuShared],
+    /// The SVSM's lookup, when the slots are not one table.
+    lookup: Option<&'a dyn VcpuSlots>,
+    /// Number of indexes (read once from a lookup).
+    len: usize,
     vm: &'a VmShared,
 }
 
 impl core::fmt::Debug for Fabric<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Fabric")
-            .field("len", &self.len())
-            .field("contiguous", &self.slots().is_some())
+            .field("len", &self.len)
+            .field("contiguous", &self.lookup.is_none())
             .field("vm", self.vm)
             .finish()
     }
@@ -435,20 +433,26 @@ impl<'a> Fabric<'a> {
     /// `i`) and the VM-wide state.
     pub const fn new(slots: &'a [VcpuShared], vm: &'a VmShared) -> Self {
         Self {
-            slots: Slots::Table(slots),
+            table: slots,
+            lookup: None,
+            len: slots.len(),
             vm,
         }
     }
 
     /// Wraps any slot lookup (per-CPU allocations, a table of references)
-    /// and the VM-wide state. A lookup that is a contiguous table
-    /// ([`VcpuSlots::as_slice`]) is used as one.
+    /// and the VM-wide state; its `len()` is read once, here. A lookup
+    /// that is a contiguous table ([`VcpuSlots::as_slice`]) is used as one.
     pub fn with_slots(slots: &'a dyn VcpuSlots, vm: &'a VmShared) -> Self {
-        let slots = match slots.as_slice() {
-            Some(table) => Slots::Table(table),
-            None => Slots::Lookup(slots),
-        };
-        Self { slots, vm }
+        match slots.as_slice() {
+            Some(table) => Self::new(table, vm),
+            None => Self {
+                table: &[],
+                lookup: Some(slots),
+                len: slots.len(),
+                vm,
+            },
+        }
     }
 
     /// The VM-wide state.
@@ -459,33 +463,35 @@ impl<'a> Fabric<'a> {
     /// The slot of vCPU `index`.
     #[inline]
     pub fn slot(&self, index: usize) -> Option<&'a VcpuShared> {
-        match self.slots {
-            Slots::Table(table) => table.get(index),
-            Slots::Lookup(lookup) => lookup.slot(index),
+        // The table first: a hit costs what a slice index costs.
+        match self.table.get(index) {
+            Some(slot) => Some(slot),
+            None => self.lookup.and_then(|lookup| lookup.slot(index)),
         }
     }
 
-    /// Every slot, in index order, when they form one table.
+    /// Every slot, in index order, when they form one table (the fast
+    /// paths walk it); empty for a lookup.
     #[inline]
-    pub(crate) fn slots(&self) -> Option<&'a [VcpuShared]> {
-        match self.slots {
-            Slots::Table(table) => Some(table),
-            Slots::Lookup(_) => None,
-        }
+    pub(crate) fn table(&self) -> &'a [VcpuShared] {
+        self.table
+    }
+
+    /// Whether the slots form one table.
+    #[inline]
+    pub fn is_contiguous(&self) -> bool {
+        self.lookup.is_none()
     }
 
     /// Number of indexes (slots or not).
     #[inline]
     pub fn len(&self) -> usize {
-        match self.slots {
-            Slots::Table(table) => table.len(),
-            Slots::Lookup(lookup) => lookup.len(),
-        }
+        self.len
     }
 
     /// Whether the table has no slot.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Calls `f(index, slot)` for every vCPU that `destination` (sent by the
@@ -538,8 +544,9 @@ impl<'a> Fabric<'a> {
             // Stop after the first hit of a unique physical ID.
             hit && matches!(scan, Scan::Match { first_only: true })
         };
-        match self.slots {
-            Slots::Table(table) => {
+        match self.lookup {
+            None => {
+                let table = self.table;
                 let (first, slots) = match scan {
                     Scan::Only(index) => (index, table.get(index..=index).unwrap_or(&[])),
                     Scan::All { .. } | Scan::Match { .. } => (0, table),
@@ -550,10 +557,10 @@ impl<'a> Fabric<'a> {
                     }
                 }
             }
-            Slots::Lookup(lookup) => {
+            Some(lookup) => {
                 let range = match scan {
                     Scan::Only(index) => index..index.saturating_add(1),
-                    Scan::All { .. } | Scan::Match { .. } => 0..lookup.len(),
+                    Scan::All { .. } | Scan::Match { .. } => 0..self.len,
                 };
                 for index in range {
                     if let Some(slot) = lookup.slot(index)
