@@ -79,7 +79,7 @@ impl VcpuEngine {
 
     /// Whether anything arrived since `before_run` collected: a post in
     /// the mailbox (a kick), a host post in the guest VMPL's descriptor or
-    /// a platform timer fire ([`VcpuShared::note_timer_fired`]). A few
+    /// a platform timer fire ([`crate::VcpuShared::note_timer_fired`]). A few
     /// atomic loads, no GHCB call: the run loop checks it between
     /// `before_run` and Run VMPL with VMPL0 interrupts disabled and calls
     /// `before_run` again when it is true (`docs/integration.md`).
