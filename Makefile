@@ -62,7 +62,8 @@ msrv:
 # The example SVSM skeleton (its own workspace, docs/integration.md's code)
 # built as an embedder builds it: MSRV toolchain, x86_64-unknown-none, no
 # warnings. Its lock file may hold only the four crates (names read from
-# their manifests), their real dependencies and the example itself.
+# their manifests), their real dependencies and the example itself; the
+# guide's code blocks must be the example's code.
 EXAMPLE := examples/svsm-skeleton
 EXAMPLE_DEPS := bitfield-struct bitflags zerocopy zerocopy-derive log proc-macro2 quote syn unicode-ident svsm-skeleton
 example:
@@ -73,6 +74,10 @@ example:
 	extra=$$(sed -n 's/^name = "\(.*\)"/\1/p' $(EXAMPLE)/Cargo.lock | grep -vxF $$(printf -- '-e %s ' $$allowed) || true); \
 	if [ -n "$$extra" ]; then echo "example: unexpected packages in $(EXAMPLE)/Cargo.lock:" $$extra; exit 1; fi; \
 	echo "example: built; Cargo.lock holds only:" $$(sed -n 's/^name = "\(.*\)"/\1/p' $(EXAMPLE)/Cargo.lock)
+	# Every line of docs/integration.md's Rust blocks is a line of the example.
+	drift=$$(awk '/^```rust/{f=1;next} /^```/{f=0} f && NF' docs/integration.md | \
+	  grep -vxF -f <(cat $(EXAMPLE)/src/*.rs) || true); \
+	if [ -n "$$drift" ]; then echo "example: docs/integration.md code not in $(EXAMPLE):"; echo "$$drift"; exit 1; fi
 
 # The publishable crates package and build from their packaged sources.
 PUBLISHED := $(LIB_CRATES) -p ktest

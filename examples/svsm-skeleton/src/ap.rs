@@ -51,7 +51,9 @@ pub fn start_vcpu(
     doorbell_page: &'static mut [u8; 4096],
 ) -> Result<PerCpu, BringUpError> {
     let platform = GhcbPlatform::default();
-    // #HV doorbell page at a shared page the SVSM allocated, then the
+    // #HV doorbell page at a shared page the SVSM allocated
+    // (`DoorbellGpa::HostPreferred` asks the host for its preferred GPA
+    // instead, where the host has that sub-function), then the
     // notification vector.
     setup_vcpu(
         &platform,

@@ -19,7 +19,8 @@ pub trait Vmpl0 {
 
 /// Body of the #HV handler on `cpu`, with VMPL0's CR8.
 pub fn hv_handler(cpu: &PerCpu, cr8: u64, svsm: &impl Vmpl0) {
-    // CR8 holds the class alone: `from_cr8`, never the raw value as a TPR.
+    // VMPL0's priority as a `Vmpl0Tpr`: from CR8 (which holds the class
+    // alone) with `from_cr8`, from an 8-bit TPR with `from_tpr`.
     let tpr = Vmpl0Tpr::from_cr8(cr8);
     let ev = handle_hv(cpu.doorbell, cpu.shared, tpr);
     if let Some(v) = ev.vmpl0_vector {
@@ -32,6 +33,7 @@ pub fn hv_handler(cpu: &PerCpu, cr8: u64, svsm: &impl Vmpl0) {
     if ev.vmpl0_nmi || ev.vmpl0_mc {
         svsm.handle_vmpl0_nmi_mc(&ev);
     }
+    // The host posted for a guest VMPL, or a kick: leave an idle wait.
     if ev.vmpl_events != 0 || ev.vmpl0_vector == Some(DEFAULT_NOTIFICATION_VECTOR) {
         svsm.wake_run_loop();
     }

@@ -114,19 +114,22 @@ impl NoEoiByte for CaaByte {
 /// that announces it and on its own CPU that creates its engine.
 pub fn engine_config(index: usize, apic_id: u32) -> EngineConfig {
     EngineConfig {
-        index,
-        host_apic_id: apic_id,
-        // The CPU model as the guest's CPUID shows it; the defaults are
-        // x2APIC, MAXPHYADDR 52, CMCI, no directed EOI (ticks_per_bus_cycle
-        // never matters without a platform timer).
+        index,                 // slot in the fabric
+        host_apic_id: apic_id, // the APIC ID the host knows the vCPU by
+        // The CPU model as the guest's CPUID shows it: CPUID.01H:ECX[21]
+        // (x2APIC), CPUID.80000008H:EAX[7:0] (MAXPHYADDR), CMCI in the LVT,
+        // directed EOI. The defaults are x2APIC, MAXPHYADDR 52, CMCI, no
+        // directed EOI and 1 tick per bus cycle: without a platform timer
+        // (`has_timer()` false, QUERY_FEATURES bit 0 clear)
+        // ticks_per_bus_cycle never matters.
         apic: ApicConfig {
             apic_id,
             bsp: index == 0,
             ..Default::default()
         },
-        guest_vmpl: GUEST_VMPL,
+        guest_vmpl: GUEST_VMPL, // 1-3, else Err(Fatal::BadVmpl)
         notification_vector: DEFAULT_NOTIFICATION_VECTOR,
-        emulate: true,
+        emulate: true, // SEV_FEATURES has Alternate Injection
     }
 }
 
@@ -157,6 +160,9 @@ pub fn engine_and_env(cpu: &mut PerCpu) -> (&mut VcpuEngine, Env<'_, GhcbPlatfor
         ..
     } = cpu;
     let caa = &*caa;
+    // Lazy EOI (optional): byte 2 of the guest's calling area through the
+    // SVSM's own fallible guest-memory access (`kernel::caa::NoEoiByte`;
+    // `AtomicU8` implements it for a calling area the SVSM keeps mapped).
     let env = Env::new(&*platform, fabric(), doorbell).with_no_eoi_byte(Some(caa));
     (engine, env, caa)
 }
