@@ -8,7 +8,7 @@ NO_STD_TARGET := x86_64-unknown-none
 LIB_CRATES := -p vmsa -p doorbell -p apic -p kernel
 NIGHTLY ?= nightly
 
-.PHONY: all build test image-test svm-test linux-test soak soak-seeds lint fmt doc bench bench-instr miri run sim fuzz loom msrv package clean linux-guest linux-direct
+.PHONY: all build test image-test svm-test linux-test soak soak-seeds lint fmt doc bench bench-instr miri run sim fuzz loom msrv example package clean linux-guest linux-direct
 
 all: build test
 
@@ -92,6 +92,26 @@ MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 msrv:
 	rustup toolchain install $(MSRV) --profile minimal --target $(NO_STD_TARGET) >/dev/null
 	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) build --target $(NO_STD_TARGET) $(LIB_CRATES)
+
+# The example SVSM skeleton (its own workspace, docs/integration.md's code)
+# built as an embedder builds it: MSRV toolchain, x86_64-unknown-none, no
+# warnings. Its lock file may hold only the four crates (names read from
+# their manifests), their real dependencies and the example itself; the
+# guide's code blocks must be the example's code.
+EXAMPLE := examples/svsm-skeleton
+EXAMPLE_DEPS := bitfield-struct bitflags zerocopy zerocopy-derive log proc-macro2 quote syn unicode-ident svsm-skeleton
+example:
+	rustup toolchain install $(MSRV) --profile minimal --target $(NO_STD_TARGET) >/dev/null
+	cd $(EXAMPLE) && CARGO_TARGET_DIR=$(CURDIR)/target/example RUSTFLAGS="-D warnings" \
+	  $(CARGO) +$(MSRV) build --target $(NO_STD_TARGET)
+	allowed="$$(sed -n 's/^name = "\(.*\)"/\1/p' vmsa/Cargo.toml doorbell/Cargo.toml apic/Cargo.toml kernel/Cargo.toml) $(EXAMPLE_DEPS)"; \
+	extra=$$(sed -n 's/^name = "\(.*\)"/\1/p' $(EXAMPLE)/Cargo.lock | grep -vxF $$(printf -- '-e %s ' $$allowed) || true); \
+	if [ -n "$$extra" ]; then echo "example: unexpected packages in $(EXAMPLE)/Cargo.lock:" $$extra; exit 1; fi; \
+	echo "example: built; Cargo.lock holds only:" $$(sed -n 's/^name = "\(.*\)"/\1/p' $(EXAMPLE)/Cargo.lock)
+	# Every line of docs/integration.md's Rust blocks is a line of the example.
+	drift=$$(awk '/^```rust/{f=1;next} /^```/{f=0} f && NF' docs/integration.md | \
+	  grep -vxF -f <(cat $(EXAMPLE)/src/*.rs) || true); \
+	if [ -n "$$drift" ]; then echo "example: docs/integration.md code not in $(EXAMPLE):"; echo "$$drift"; exit 1; fi
 
 # The publishable crates package and build from their packaged sources.
 PUBLISHED := $(LIB_CRATES) -p ktest

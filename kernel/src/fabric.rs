@@ -2,8 +2,10 @@
 //! published APIC address and a running flag (cross-vCPU delivery).
 //!
 //! The SVSM owns one [`VcpuShared`] per possible vCPU (a `[VcpuShared; N]`,
-//! `const`-constructible for a static) and hands `&[VcpuShared]` to every
-//! engine as a [`Fabric`]. A slot is absent until the vCPU's engine is
+//! `const`-constructible for a static, or one in each CPU's own per-CPU
+//! allocation) and hands them to every engine as a [`Fabric`]: a contiguous
+//! `&[VcpuShared]` ([`Fabric::new`]) or any [`VcpuSlots`] lookup
+//! ([`Fabric::with_slots`]). A slot is absent until the vCPU's engine is
 //! created (an AP created later just fills its slot); there is no global
 //! state and no lock.
 //!
@@ -136,8 +138,9 @@ impl VcpuShared {
         &self.mailbox
     }
 
-    /// Whether the vCPU's engine exists and the SVSM emulates its APIC
-    /// (false before the engine is created and after the hand-back).
+    /// Whether the vCPU's engine exists (or the AP was announced,
+    /// [`VcpuShared::announce`]) and the SVSM emulates its APIC (false
+    /// before either and after the hand-back).
     pub fn present(&self) -> bool {
         self.address.load(Ordering::Acquire) >> MODE_SHIFT != MODE_ABSENT && !self.handed_back()
     }
@@ -237,8 +240,34 @@ impl VcpuShared {
         self.owner.timer_fired.load(Ordering::Acquire)
     }
 
-    /// Makes the slot present (the owner's engine was created). A slot
-    /// whose APIC had been handed back gets an empty, open mailbox again.
+    /// Announces an AP from the CPU that handles the guest's request to
+    /// create it, before the AP's own engine exists (its CPU has not started
+    /// yet and the creating CPU cannot reach its per-CPU data): `config` is
+    /// the [`crate::EngineConfig`] the AP's engine will be created with.
+    /// From now on the slot is present with the address the AP's APIC has
+    /// at reset, so IPIs to it post into its mailbox (and kick its host APIC
+    /// ID) instead of being dropped; the mailbox is kept when the engine is
+    /// created ([`crate::VcpuEngine::new`]) and drained by its first
+    /// `before_run`, so each is delivered exactly once. Atomics only, callable from any CPU;
+    /// nothing happens for a configuration without emulation.
+    pub fn announce(&self, config: &crate::EngineConfig) {
+        if config.emulate {
+            let apic = apic::LocalApic::new(config.apic);
+            self.activate(config.host_apic_id, &apic.address());
+        }
+    }
+
+    /// Makes the slot absent again (an announced vCPU whose engine came up
+    /// without emulation): what was posted meanwhile is dropped, as for a
+    /// CPU that does not exist.
+    pub(crate) fn withdraw(&self) {
+        self.address.store(0, Ordering::Release);
+        let _ = self.mailbox.drain();
+    }
+
+    /// Makes the slot present (the owner's engine was created, or the AP
+    /// announced). A slot whose APIC had been handed back gets an empty,
+    /// open mailbox again; an open one keeps what was posted.
     pub(crate) fn activate(&self, host_apic_id: u32, address: &ApicAddress) {
         self.host_apic_id.store(host_apic_id, Ordering::Relaxed);
         if self.mailbox.closed() {
@@ -289,19 +318,141 @@ enum Scan {
     Match { first_only: bool },
 }
 
-/// The table of every vCPU's shared part and the VM-wide state, owned by
-/// the SVSM.
-#[derive(Clone, Copy, Debug)]
+/// How the engine finds vCPU `index`'s [`VcpuShared`]: a contiguous table
+/// (`[VcpuShared]`, `[VcpuShared; N]`), a table of references into the
+/// per-CPU allocations an SVSM keeps (`[&VcpuShared]`), or the SVSM's own
+/// lookup. Every vCPU's engine must see the same slot at the same index,
+/// for as long as the VM runs; lookups run on every IPI, lock-free.
+pub trait VcpuSlots: Sync {
+    /// The slot of vCPU `index`; `None` for an index without one (IPIs to
+    /// it are dropped, as for a CPU that does not exist).
+    fn slot(&self, index: usize) -> Option<&VcpuShared>;
+
+    /// One past the highest index that may have a slot (broadcasts walk
+    /// `0..len()`).
+    fn len(&self) -> usize;
+
+    /// Whether no index has a slot.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slots as one contiguous table, when they are: the fast paths
+    /// walk it directly (a broadcast to idle vCPUs); otherwise `None`.
+    fn as_slice(&self) -> Option<&[VcpuShared]> {
+        None
+    }
+}
+
+impl VcpuSlots for [VcpuShared] {
+    #[inline]
+    fn slot(&self, index: usize) -> Option<&VcpuShared> {
+        self.get(index)
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        <[VcpuShared]>::len(self)
+    }
+
+    #[inline]
+    fn as_slice(&self) -> Option<&[VcpuShared]> {
+        Some(self)
+    }
+}
+
+impl<const N: usize> VcpuSlots for [VcpuShared; N] {
+    #[inline]
+    fn slot(&self, index: usize) -> Option<&VcpuShared> {
+        self.get(index)
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        N
+    }
+
+    #[inline]
+    fn as_slice(&self) -> Option<&[VcpuShared]> {
+        Some(self)
+    }
+}
+
+/// References into separate per-CPU allocations.
+impl<const N: usize> VcpuSlots for [&VcpuShared; N] {
+    #[inline]
+    fn slot(&self, index: usize) -> Option<&VcpuShared> {
+        self.get(index).copied()
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        N
+    }
+}
+
+/// References into separate per-CPU allocations, `None` where no vCPU is.
+impl<const N: usize> VcpuSlots for [Option<&VcpuShared>; N] {
+    #[inline]
+    fn slot(&self, index: usize) -> Option<&VcpuShared> {
+        self.get(index).copied().flatten()
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        N
+    }
+}
+
+/// Every vCPU's shared part (through [`VcpuSlots`]) and the VM-wide state,
+/// owned by the SVSM.
+#[derive(Clone, Copy)]
 pub struct Fabric<'a> {
-    slots: &'a [VcpuShared],
+    /// The contiguous table, looked up first with no indirection (empty
+    /// when the slots come from a lookup).
+    table: &'a [VcpuShared],
+    /// The SVSM's lookup, when the slots are not one table.
+    lookup: Option<&'a dyn VcpuSlots>,
+    /// Number of indexes (read once from a lookup).
+    len: usize,
     vm: &'a VmShared,
 }
 
+impl core::fmt::Debug for Fabric<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Fabric")
+            .field("len", &self.len)
+            .field("contiguous", &self.lookup.is_none())
+            .field("vm", self.vm)
+            .finish()
+    }
+}
+
 impl<'a> Fabric<'a> {
-    /// Wraps the SVSM's table (slot `i` belongs to vCPU index `i`) and the
-    /// VM-wide state.
+    /// Wraps the SVSM's contiguous table (slot `i` belongs to vCPU index
+    /// `i`) and the VM-wide state.
     pub const fn new(slots: &'a [VcpuShared], vm: &'a VmShared) -> Self {
-        Self { slots, vm }
+        Self {
+            table: slots,
+            lookup: None,
+            len: slots.len(),
+            vm,
+        }
+    }
+
+    /// Wraps any slot lookup (per-CPU allocations, a table of references)
+    /// and the VM-wide state; its `len()` is read once, here. A lookup
+    /// that is a contiguous table ([`VcpuSlots::as_slice`]) is used as one.
+    pub fn with_slots(slots: &'a dyn VcpuSlots, vm: &'a VmShared) -> Self {
+        match slots.as_slice() {
+            Some(table) => Self::new(table, vm),
+            None => Self {
+                table: &[],
+                lookup: Some(slots),
+                len: slots.len(),
+                vm,
+            },
+        }
     }
 
     /// The VM-wide state.
@@ -312,24 +463,35 @@ impl<'a> Fabric<'a> {
     /// The slot of vCPU `index`.
     #[inline]
     pub fn slot(&self, index: usize) -> Option<&'a VcpuShared> {
-        self.slots.get(index)
+        // The table first: a hit costs what a slice index costs.
+        match self.table.get(index) {
+            Some(slot) => Some(slot),
+            None => self.lookup.and_then(|lookup| lookup.slot(index)),
+        }
     }
 
-    /// Every slot, in index order.
+    /// Every slot, in index order, when they form one table (the fast
+    /// paths walk it); empty for a lookup.
     #[inline]
-    pub(crate) fn slots(&self) -> &'a [VcpuShared] {
-        self.slots
+    pub(crate) fn table(&self) -> &'a [VcpuShared] {
+        self.table
     }
 
-    /// Number of slots.
+    /// Whether the slots form one table.
+    #[inline]
+    pub fn is_contiguous(&self) -> bool {
+        self.lookup.is_none()
+    }
+
+    /// Number of indexes (slots or not).
     #[inline]
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.len
     }
 
     /// Whether the table has no slot.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len == 0
     }
 
     /// Calls `f(index, slot)` for every vCPU that `destination` (sent by the
@@ -355,8 +517,7 @@ impl<'a> Fabric<'a> {
                     .ok()
                     .filter(|_| !broadcast)
                     .filter(|&i| {
-                        self.slots
-                            .get(i)
+                        self.slot(i)
                             .is_some_and(|slot| Self::accepts(slot, source_id, destination))
                     });
                 match direct {
@@ -369,13 +530,9 @@ impl<'a> Fabric<'a> {
             }
             Destination::Logical { .. } => Scan::Match { first_only: false },
         };
-        // One loop and a single call of `f`, so that the caller's closure
-        // (the per-target work of a broadcast) is inlined once.
-        let (first, slots) = match scan {
-            Scan::Only(index) => (index, self.slots.get(index..=index).unwrap_or(&[])),
-            Scan::All { .. } | Scan::Match { .. } => (0, self.slots),
-        };
-        for (index, slot) in (first..).zip(slots) {
+        // A single call of `f` (in `visit`), so that the caller's closure
+        // (the per-target work of a broadcast) is inlined once per walk.
+        let mut visit = |index: usize, slot: &'a VcpuShared| {
             let hit = match scan {
                 Scan::Only(_) => true,
                 Scan::All { skip } => skip != Some(index) && slot.takes_broadcast(),
@@ -383,8 +540,34 @@ impl<'a> Fabric<'a> {
             };
             if hit {
                 f(index, slot);
-                if matches!(scan, Scan::Match { first_only: true }) {
-                    return;
+            }
+            // Stop after the first hit of a unique physical ID.
+            hit && matches!(scan, Scan::Match { first_only: true })
+        };
+        match self.lookup {
+            None => {
+                let table = self.table;
+                let (first, slots) = match scan {
+                    Scan::Only(index) => (index, table.get(index..=index).unwrap_or(&[])),
+                    Scan::All { .. } | Scan::Match { .. } => (0, table),
+                };
+                for (index, slot) in (first..).zip(slots) {
+                    if visit(index, slot) {
+                        return;
+                    }
+                }
+            }
+            Some(lookup) => {
+                let range = match scan {
+                    Scan::Only(index) => index..index.saturating_add(1),
+                    Scan::All { .. } | Scan::Match { .. } => 0..self.len,
+                };
+                for index in range {
+                    if let Some(slot) = lookup.slot(index)
+                        && visit(index, slot)
+                    {
+                        return;
+                    }
                 }
             }
         }

@@ -253,8 +253,10 @@ pub(crate) fn kick_all_but_self<P: Platform + ?Sized>(
 #[cold]
 #[inline(never)]
 fn all_but_self_failed(fabric: Fabric<'_>, sender: usize, count: u32) -> KickReport {
-    for (index, slot) in fabric.slots().iter().enumerate() {
-        if index != sender {
+    for index in 0..fabric.len() {
+        if index != sender
+            && let Some(slot) = fabric.slot(index)
+        {
             slot.mailbox().mark_kick_failed();
         }
     }

@@ -6,7 +6,11 @@
 //! - [`hv::handle_hv`] from its #HV handler (vector 28);
 //! - [`VcpuEngine::before_run`] before each Run VMPL of the guest,
 //!   [`VcpuEngine::after_exit`] after it returns;
-//! - [`VcpuEngine::handle_apic_call`] for SVSM protocol 3 calls.
+//! - [`VcpuEngine::handle_apic_call`] for SVSM protocol 3 calls, on the
+//!   guest's copied-out registers; the hand-back it may ask for is completed
+//!   with the VMSA by [`VcpuEngine::complete_hand_back`];
+//! - [`VcpuShared::announce`] on the CPU that creates an AP, before the
+//!   AP's own engine exists.
 //!
 //! Everything the engine needs from the hypervisor goes through the
 //! [`Platform`] trait (GHCB calls, time, a one-shot timer). Modules:
@@ -65,8 +69,10 @@ pub use counters::Counters;
 #[cfg(not(feature = "loom"))]
 pub use engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 #[cfg(not(feature = "loom"))]
-pub use fabric::{Fabric, VcpuShared, VmShared};
+pub use fabric::{Fabric, VcpuShared, VcpuSlots, VmShared};
 #[cfg(not(feature = "loom"))]
 pub use hv::{HvEvents, Vmpl0Tpr, handle_hv};
 #[cfg(not(feature = "loom"))]
 pub use platform::{NoTimer, Platform, PlatformError};
+#[cfg(not(feature = "loom"))]
+pub use protocol::{CallOutcome, HandBack};

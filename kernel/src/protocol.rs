@@ -219,3 +219,56 @@ pub fn register_error(error: apic::RegisterError) -> ResultCode {
         | apic::RegisterError::WrongMode => ResultCode::InvalidParameter,
     }
 }
+
+/// What [`crate::VcpuEngine::handle_apic_call`] asks of the run loop. Every
+/// call but one is answered on the copied-out registers alone; the CONFIGURE
+/// that hands the calling vCPU's APIC back needs its VMSA, so it comes back
+/// as a [`HandBack`] the run loop completes with
+/// [`crate::VcpuEngine::complete_hand_back`] (after `after_exit`, before
+/// the next `before_run`, BUSY set).
+#[must_use = "a result goes to the guest's RAX/RCX/RDX; a hand-back must be completed"]
+#[derive(PartialEq, Eq, Debug)]
+pub enum CallOutcome {
+    /// Answered: write it to the guest's RAX (and RCX/RDX outputs).
+    Done(CallResult),
+    /// CONFIGURE left the VM-wide count at 0: the calling vCPU's APIC goes
+    /// back to the host once the token is completed with its VMSA, which
+    /// answers the call.
+    HandBack(HandBack),
+}
+
+impl CallOutcome {
+    /// The answer, when no hand-back is pending.
+    pub fn done(self) -> Option<CallResult> {
+        match self {
+            Self::Done(result) => Some(result),
+            Self::HandBack(_) => None,
+        }
+    }
+}
+
+/// A hand-back the run loop must complete with the calling vCPU's VMSA
+/// ([`crate::VcpuEngine::complete_hand_back`]). Neither `Clone` nor `Copy`:
+/// it is completed at most once. Dropped instead, nothing is handed back:
+/// the vCPU stays emulated with the VM-wide count at 0 (as after a failed
+/// disable-AI), and its next deregister or query asks again.
+#[must_use = "complete it with VcpuEngine::complete_hand_back and the vCPU's VMSA"]
+#[derive(PartialEq, Eq, Debug)]
+pub struct HandBack {
+    /// The engine (fabric index) that issued it.
+    pub(crate) index: u32,
+}
+
+impl CallResult {
+    /// Writes the result to the guest's registers: RAX, and RCX/RDX when
+    /// the call has them.
+    pub fn write_to<V: vmsa::VmsaAccess + ?Sized>(&self, vmsa: &mut V) {
+        vmsa.set_rax(self.code.value());
+        if let Some(rcx) = self.rcx {
+            vmsa.set_rcx(rcx);
+        }
+        if let Some(rdx) = self.rdx {
+            vmsa.set_rdx(rdx);
+        }
+    }
+}

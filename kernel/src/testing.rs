@@ -569,8 +569,9 @@ impl<const N: usize> Fixture<N> {
         // A call reaches VMPL0 after an exit (BUSY set by `after_exit`);
         // tests that call without a run first are not a BUSY question.
         let after_exit = vmsa.vintr_ctrl().busy();
+        let outcome = engine.handle_apic_call(&env, call);
         let mut vmsa = BusyAudit::new(vmsa);
-        let res = engine.handle_apic_call(&env, &mut vmsa, call);
+        let res = engine.finish_apic_call(&env, &mut vmsa, outcome);
         let (writes, first) = (vmsa.writes_while_runnable(), vmsa.first_field());
         if after_exit {
             self.audit(i, writes, first);

@@ -154,11 +154,12 @@ fn write(f: &mut F, cpu: usize, msr: u64, value: u64, fast: bool, protocol: bool
     let (engine, env, vmsa) = f.parts(cpu).unwrap();
     if protocol {
         let call = ApicCall::WriteRegister { msr, value };
-        let r = if fast {
-            engine.handle_apic_call(&env, vmsa, call)
+        let outcome = if fast {
+            engine.handle_apic_call(&env, call)
         } else {
-            engine.handle_apic_call_without_fast_paths(&env, vmsa, call)
+            engine.handle_apic_call_without_fast_paths(&env, call)
         };
+        let r = engine.finish_apic_call(&env, vmsa, outcome);
         format!("{r:?}")
     } else {
         let r = if fast {

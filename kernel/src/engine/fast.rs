@@ -106,7 +106,8 @@ impl VcpuEngine {
         vector: u8,
     ) -> Result<(), ResultCode> {
         let me = self.index();
-        let slots = env.fabric.slots();
+        // Empty for a lookup that is not one table: the general walk.
+        let slots = env.fabric.table();
         let (Some(bits), Some(before), Some(after)) = (
             PostBits::vector(vector),
             slots.get(..me),

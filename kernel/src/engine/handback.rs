@@ -27,7 +27,8 @@ use apic::{ApicMode, Trigger};
 use doorbell::{Descriptor, DescriptorStatus, HandoffState};
 use vmsa::{EventInj, RFLAGS_IF, SevFeatures, VmsaAccess};
 
-use super::{Env, InEventInj, VcpuEngine, mmio_offset};
+use super::protocol::mmio_offset;
+use super::{Env, InEventInj, VcpuEngine};
 use crate::counters::bump;
 use crate::nmi::{NmiExit, NmiVia};
 use crate::platform::{DisableAiRequest, GuestTimer, Platform};

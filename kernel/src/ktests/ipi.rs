@@ -315,7 +315,8 @@ ktest::suite! {
         let mut engine = VcpuEngine::new(Fixture::<2>::config(0), fabric).unwrap();
         engine.write_register(&env, 0x1B, 0xFEE0_0000 | (3 << 10) | (1 << 8)).unwrap();
         engine.write_register(&env, 0x80F, 0x1FF).unwrap();
-        let r = engine.handle_apic_call(&env, &mut vmsa, ApicCall::Configure(configure::DEREGISTER));
+        let outcome = engine.handle_apic_call(&env, ApicCall::Configure(configure::DEREGISTER));
+        let r = engine.finish_apic_call(&env, &mut vmsa, outcome);
         assert_eq!(r.code, ResultCode::Success);
         // The post that landed after the final drain, before the close, was
         // forwarded by the owner; nothing is left in the closed mailbox.

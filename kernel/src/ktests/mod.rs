@@ -13,9 +13,11 @@
     clippy::arithmetic_side_effects
 )]
 
+pub mod ap;
 pub mod busy;
 pub mod caa;
 pub mod cancel;
+pub mod deferred;
 pub mod flow;
 pub mod handback;
 pub mod host_level;
@@ -27,6 +29,7 @@ pub mod busy_audit;
 pub mod protocol;
 pub mod registration;
 pub mod reinject;
+pub mod slots;
 pub mod timer;
 
 /// Every test of the crate.
@@ -45,6 +48,9 @@ pub const ALL: &[&[ktest::Test]] = &[
     registration::TESTS,
     caa::TESTS,
     cancel::TESTS,
+    deferred::TESTS,
+    slots::TESTS,
+    ap::TESTS,
 ];
 
 use crate::testing::Fixture;

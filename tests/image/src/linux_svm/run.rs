@@ -461,7 +461,10 @@ impl World {
         if (msr, write) == (0x80B, Some(0)) {
             self.report.note_eoi(engine.apic().isr().highest());
         }
-        let result = engine.handle_apic_call(&env, vcpu, call);
+        // Register calls need no VMSA; only a hand-back would (Linux never
+        // deregisters).
+        let outcome = engine.handle_apic_call(&env, call);
+        let result = engine.finish_apic_call(&env, vcpu, outcome);
         if result.code != ResultCode::Success {
             self.report.refused = self.report.refused.saturating_add(1);
             if !vcpu.event_inj().valid() {

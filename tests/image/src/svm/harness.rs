@@ -521,7 +521,10 @@ impl<'a> World<'a> {
             ApicCall::ReadRegister { msr }
         };
         let timer = TimerWatch::before(engine, vcpu);
-        let result = engine.handle_apic_call(&env, vcpu, call);
+        let result = {
+            let outcome = engine.handle_apic_call(&env, call);
+            engine.finish_apic_call(&env, vcpu, outcome)
+        };
         timer.after(k, engine, vcpu, true);
         if result.code != ResultCode::Success {
             // The guest's #VC handler would raise #GP(0).
@@ -567,7 +570,10 @@ impl<'a> World<'a> {
             Mmio::ReadEax => ApicCall::ReadRegister { msr },
         };
         let timer = TimerWatch::before(engine, vcpu);
-        let result = engine.handle_apic_call(&env, vcpu, call);
+        let result = {
+            let outcome = engine.handle_apic_call(&env, call);
+            engine.finish_apic_call(&env, vcpu, outcome)
+        };
         timer.after(k, engine, vcpu, true);
         if result.code != ResultCode::Success {
             if !vcpu.event_inj().valid() {

@@ -205,7 +205,10 @@ fn write(engine: &mut VcpuEngine, rig: &mut Rig, msr: u64, value: u64) {
         Fabric::new(&rig.run.slots, &rig.run.vm),
         &rig.run.doorbells[0],
     );
-    let r = engine.handle_apic_call(&env, &mut rig.vcpu, ApicCall::WriteRegister { msr, value });
+    let r = {
+        let outcome = engine.handle_apic_call(&env, ApicCall::WriteRegister { msr, value });
+        engine.finish_apic_call(&env, &mut rig.vcpu, outcome)
+    };
     assert_eq!(r.code, ResultCode::Success, "write {msr:#x}");
 }
 
@@ -268,7 +271,9 @@ pub mod cut {
                     exit::MSR => {
                         let msr = vcpu.rcx() & 0xFFFF_FFFF;
                         let value = (vcpu.rdx() << 32) | (vcpu.rax() & 0xFFFF_FFFF);
-                        let r = engine.handle_apic_call(&env, vcpu, ApicCall::WriteRegister { msr, value });
+                        let call = ApicCall::WriteRegister { msr, value };
+                        let outcome = engine.handle_apic_call(&env, call);
+                        let r = engine.finish_apic_call(&env, vcpu, outcome);
                         assert_eq!(r.code, ResultCode::Success);
                         vcpu.skip(2);
                     }
