@@ -14,70 +14,21 @@
     missing_docs
 )]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant};
 
-use apic::ApicConfig;
+use common::{CountingPlatform, VMPL, X2APIC_BASE, config};
 use criterion::{Criterion, criterion_group, criterion_main};
 use doorbell::DoorbellPage;
-use kernel::platform::{DisableAiRequest, DoorbellRequest, NoTimer, PlatformError};
 use kernel::protocol::ApicCall;
-use kernel::{EngineConfig, Env, Fabric, Platform, VcpuEngine, VcpuShared};
+use kernel::{Env, Fabric, VcpuEngine, VcpuShared};
 use vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
-struct NullPlatform;
-
-impl Platform for NullPlatform {
-    fn hv_ipi(&self, icr: u64) -> Result<(), PlatformError> {
-        black_box(icr);
-        Ok(())
-    }
-    fn specific_eoi(&self, _: u8, _: u8) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn disable_alternate_injection(&self, _: DisableAiRequest) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn configure_notification_vector(&self, _: u8) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn doorbell_page(&self, _: DoorbellRequest) -> Result<u64, PlatformError> {
-        Ok(0)
-    }
-    fn now(&self) -> u64 {
-        0
-    }
-    fn has_timer(&self) -> bool {
-        true
-    }
-    fn arm_timer(&self, _: Option<u64>) -> Result<(), NoTimer> {
-        Ok(())
-    }
-}
-
-const VMPL: u8 = 2;
-const X2APIC_BASE: u64 = 0xFEE0_0000 | (1 << 11) | (1 << 10);
-
-fn config(i: usize) -> EngineConfig {
-    EngineConfig {
-        index: i,
-        host_apic_id: i as u32,
-        apic: ApicConfig {
-            apic_id: i as u32,
-            bsp: i == 0,
-            ticks_per_bus_cycle: 1,
-            directed_eoi: false,
-            ..ApicConfig::default()
-        },
-        guest_vmpl: VMPL,
-        notification_vector: 0x50,
-        emulate: true,
-    }
-}
-
 /// An engine in x2APIC mode, software-enabled, every host vector allowed.
-fn engine(i: usize, env: &Env<'_, NullPlatform>, _vmsa: &mut VmsaPage) -> VcpuEngine {
+fn engine(i: usize, env: &Env<'_, CountingPlatform>, _vmsa: &mut VmsaPage) -> VcpuEngine {
     let mut e = VcpuEngine::new(config(i), env.fabric).unwrap();
     let base = X2APIC_BASE | if i == 0 { 1 << 8 } else { 0 };
     e.write_register(env, 0x1B, base).unwrap();
@@ -113,7 +64,7 @@ fn benches(c: &mut Criterion) {
         size_of::<VmsaPage>()
     );
 
-    let platform = NullPlatform;
+    let platform = CountingPlatform::default();
     let slots: Vec<VcpuShared> = (0..512).map(|_| VcpuShared::new()).collect();
     let vm = kernel::VmShared::new();
     let fabric = Fabric::new(&slots, &vm);

@@ -25,54 +25,19 @@
     missing_docs
 )]
 
-use std::cell::Cell;
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::AtomicU8;
 
-use apic::{ApicConfig, LocalApic, Trigger};
+use apic::{LocalApic, Trigger};
+use common::{CountingPlatform, VMPL, X2APIC_BASE, config};
 use doorbell::DoorbellPage;
-use kernel::platform::{DisableAiRequest, DoorbellRequest, NoTimer, PlatformError};
 use kernel::protocol::{ApicCall, CallOutcome, CallResult};
-use kernel::{EngineConfig, Env, Fabric, Platform, VcpuEngine, VcpuShared, VmShared};
+use kernel::{Env, Fabric, VcpuEngine, VcpuShared, VmShared};
 use vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
-/// GHCB calls stubbed; #HV IPI calls counted.
-#[derive(Default)]
-struct CountingPlatform {
-    hv_ipis: Cell<u64>,
-}
-
-impl Platform for CountingPlatform {
-    fn hv_ipi(&self, _icr: u64) -> Result<(), PlatformError> {
-        self.hv_ipis.set(self.hv_ipis.get().wrapping_add(1));
-        Ok(())
-    }
-    fn specific_eoi(&self, _: u8, _: u8) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn disable_alternate_injection(&self, _: DisableAiRequest) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn configure_notification_vector(&self, _: u8) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn doorbell_page(&self, _: DoorbellRequest) -> Result<u64, PlatformError> {
-        Ok(0)
-    }
-    fn now(&self) -> u64 {
-        0
-    }
-    fn has_timer(&self) -> bool {
-        true
-    }
-    fn arm_timer(&self, _: Option<u64>) -> Result<(), NoTimer> {
-        Ok(())
-    }
-}
-
 const VCPUS: usize = 64;
-const VMPL: u8 = 2;
-const X2APIC_BASE: u64 = 0xFEE0_0000 | (1 << 11) | (1 << 10);
 /// A host device vector.
 const HOST_VECTOR: u8 = 0x41;
 /// Linux's reschedule IPI vector.
@@ -83,23 +48,6 @@ const BROADCAST_VECTOR: u64 = 0xFC;
 const BROADCAST_ICR: u64 = (3 << 18) | BROADCAST_VECTOR;
 
 type E<'a> = Env<'a, CountingPlatform>;
-
-fn config(i: usize) -> EngineConfig {
-    EngineConfig {
-        index: i,
-        host_apic_id: i as u32,
-        apic: ApicConfig {
-            apic_id: i as u32,
-            bsp: i == 0,
-            ticks_per_bus_cycle: 1,
-            directed_eoi: false,
-            ..ApicConfig::default()
-        },
-        guest_vmpl: VMPL,
-        notification_vector: 0x50,
-        emulate: true,
-    }
-}
 
 /// An engine in x2APIC mode, software-enabled, every host vector allowed.
 fn engine(i: usize, env: &E<'_>, _vmsa: &mut VmsaPage) -> VcpuEngine {
