@@ -157,14 +157,20 @@ impl Sim {
         if exit == Some(ExitKind::Vmgexit) && call_pending {
             self.stats.protocol_calls = self.stats.protocol_calls.saturating_add(1);
             self.snapshot_ipi_targets(i);
+            let armed = self.arm_disable_ai_failure(i);
             let res = self.engine_call(i, "the SVSM call", |e, env, vmsa| {
                 e.handle_apic_call_in_vmsa(env, vmsa)
             });
             if !self.m.vmsas.get(i).is_some_and(|v| v.vintr_ctrl().busy()) {
                 self.violation(i, "BUSY clear while VMPL0 answers an SVSM call");
             }
+            let disable_ai_failed = self.check_failed_disable_ai(i, armed);
             self.process_effects();
-            self.complete_call(i, res);
+            if disable_ai_failed {
+                self.complete_failed_handback(i, res);
+            } else {
+                self.complete_call(i, res);
+            }
             self.forwarded.clear();
         }
         if self.vcpus.get(i).is_some_and(|v| v.hv_signalled) {
@@ -607,6 +613,9 @@ impl Sim {
         if let Some(call) = self.tsc_deadline_op(i) {
             return self.issue_call(i, call);
         }
+        if let Some(call) = self.call_in_handler(i) {
+            return self.issue_call(i, call);
+        }
         let Some(v) = self.vcpus.get_mut(i) else {
             return Op::Ran(cost);
         };
@@ -683,9 +692,17 @@ impl Sim {
             return self.issue_call(i, call);
         }
         let step = self.step;
-        if !g.deregistered && g.deregister_step.is_some_and(|s| step >= s) {
+        let in_handler_first = self.profile.deregister_in_handler && g.handback_failures == 0;
+        if !g.deregistered && g.deregister_step.is_some_and(|s| step >= s) && !in_handler_first {
             if handback_moment {
-                return self.issue_call(i, Call::Configure(configure::DEREGISTER));
+                // After a failed hand-back the guest retries with a QUERY
+                // every other time (spec §5: at 0 it hands back too).
+                let op = if g.handback_failures % 2 == 1 {
+                    configure::QUERY
+                } else {
+                    configure::DEREGISTER
+                };
+                return self.issue_call(i, Call::Configure(op));
             }
             // Waiting for the moment: spin in short steps (no HLT) so the
             // window before the timer expiry is not missed.

@@ -377,6 +377,8 @@ pub struct Guest {
     pub deregistered: bool,
     /// Post-hand-back registration games left (hostile guest).
     pub games_after_handback: u8,
+    /// Hand-backs whose disable-AI call failed (`handback-fail`).
+    pub handback_failures: u8,
 }
 
 impl Guest {
@@ -429,6 +431,7 @@ impl Guest {
             deregister_step,
             deregistered: false,
             games_after_handback: 0,
+            handback_failures: 0,
         }
     }
 

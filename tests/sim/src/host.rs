@@ -608,6 +608,7 @@ impl Sim {
             }
             isr = VectorSet::from_words(iwords);
         }
+        self.check_handed_isr(j, &isr);
         let mut tmr = VectorSet::EMPTY;
         for line in &self.lines {
             if line.target == j && line.outstanding {

@@ -25,6 +25,7 @@ extern crate alloc;
 pub mod cpu;
 pub mod fuzzing;
 pub mod guest;
+pub mod handback_fail;
 pub mod host;
 pub mod instances;
 pub mod ledger;
