@@ -613,6 +613,9 @@ impl Sim {
         if let Some(call) = self.tsc_deadline_op(i) {
             return self.issue_call(i, call);
         }
+        if let Some(call) = self.apic_disable_op(i) {
+            return self.issue_call(i, call);
+        }
         if let Some(call) = self.call_in_handler(i) {
             return self.issue_call(i, call);
         }
@@ -875,6 +878,9 @@ impl Sim {
             self.pop_frame(i);
             return Op::Ran(cost);
         }
+        if self.end_stale_frame(i) {
+            return Op::Ran(cost);
+        }
         let lazy = self
             .m
             .caa
@@ -888,7 +894,7 @@ impl Sim {
         self.issue_call(i, Call::Eoi)
     }
 
-    fn pop_frame(&mut self, i: usize) {
+    pub(crate) fn pop_frame(&mut self, i: usize) {
         let frame = self.vcpus.get_mut(i).and_then(|v| v.guest.frames.pop());
         if let Some(frame) = frame {
             self.set_guest_if(i, frame.saved_if);
@@ -992,7 +998,9 @@ impl Sim {
                 SetupStep::TimerLvt => (3, 3, 0x832, (1 << 17) | u64::from(TIMER_VECTOR)),
                 SetupStep::TimerInitial => (3, 3, 0x838, period.min(u64::from(u32::MAX))),
                 SetupStep::TscDeadline => (3, 3, TSC_DEADLINE_MSR, tsc_deadline),
+                SetupStep::XapicEnable => (3, 3, 0x1B, 0xFEE0_0000 | (1 << 11) | bsp),
             },
+            Call::ApicDisable => (3, 3, 0x1B, 0xFEE0_0000 | bsp),
             Call::Eoi | Call::EoiNothing => (3, 3, 0x80B, 0),
             Call::Ipi { dest, vector, nmi } => {
                 let mode = if nmi { 4u64 << 8 } else { 0 };
@@ -1139,6 +1147,7 @@ impl Sim {
                 );
             }
             Call::Configure(op) => self.complete_configure(i, op, res),
+            Call::ApicDisable => self.complete_apic_disable(i, code),
         }
     }
 

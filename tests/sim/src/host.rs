@@ -192,7 +192,9 @@ impl Sim {
                 return;
             }
         };
-        if again {
+        // A target that accepts nothing now (its APIC disabled) gets the
+        // line again from `line_step` once it does.
+        if again && self.host_target_ok(j) {
             self.post_line(k);
         }
     }

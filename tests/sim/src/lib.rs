@@ -22,6 +22,7 @@
 
 extern crate alloc;
 
+pub mod apic_disable;
 pub mod cpu;
 pub mod fuzzing;
 pub mod guest;

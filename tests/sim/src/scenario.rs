@@ -244,7 +244,7 @@ impl Scenario {
                 edge_device_gap: Some(200_000),
                 edge_on_level_vectors: true,
                 exit_in_delivery: 40_000,
-                apic_disable: 20_000,
+                apic_disable: 2_000,
                 ..base
             },
         }
