@@ -904,8 +904,17 @@ impl Sim {
     fn pick_ipi(&mut self, i: usize, all: bool) -> Call {
         let n = self.n() as u64;
         let nmi = self.rng.chance(self.profile.nmi_ipi);
+        let self_ipi = Call::Ipi {
+            dest: Dest::SelfIpi,
+            vector: SELF_IPI_VECTOR,
+            nmi: false,
+        };
+        let restarting = self.profile.recreate_after.is_some();
         if all {
             let vector = self.rng.pick(&IPI_VECTORS, 0xFD);
+            if restarting && !(0..self.n()).all(|j| self.ipi_target_online(j)) {
+                return self_ipi;
+            }
             return Call::Ipi {
                 dest: Dest::AllButSelf,
                 vector,
@@ -924,6 +933,9 @@ impl Sim {
             target = target.saturating_add(1);
         }
         let vector = self.rng.pick(&IPI_VECTORS, 0xFD);
+        if restarting && !self.ipi_target_online(target as usize) {
+            return self_ipi;
+        }
         Call::Ipi {
             dest: Dest::Physical(target as u32),
             vector,
@@ -1099,6 +1111,7 @@ impl Sim {
                     self.stats.xapic_ipis = self.stats.xapic_ipis.saturating_add(1);
                     self.credit_ipi(i, Dest::Physical(i as u32), SELF_IPI_VECTOR, false);
                 }
+                self.finish_split_post(i);
             }
             Call::Eoi => {
                 expect(self, "EOI", ResultCode::Success);

@@ -505,7 +505,7 @@ impl Sim {
 
     /// The host delivers one kick (the notification vector) to `target`'s
     /// VMPL0.
-    fn host_kick(&mut self, from: usize, target: usize, vector: u8) {
+    pub(crate) fn host_kick(&mut self, from: usize, target: usize, vector: u8) {
         self.stats.kicks_seen = self.stats.kicks_seen.saturating_add(1);
         if self.profile.hostile_hv && !self.draining && self.rng.chance(100_000) {
             self.stats.kicks_lost = self.stats.kicks_lost.saturating_add(1);
@@ -656,6 +656,7 @@ impl Sim {
             v.host_mc |= mc;
         }
         self.stats.handbacks = self.stats.handbacks.saturating_add(1);
+        self.schedule_recreate(j);
         let now = self.now;
         if let Some(t) = self.trace.as_mut() {
             t.instant(j, now, "APIC handed back to the host", "");

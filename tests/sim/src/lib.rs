@@ -31,6 +31,7 @@ pub mod host;
 pub mod instances;
 pub mod ledger;
 pub mod platform;
+pub mod recreate;
 pub mod report;
 pub mod rng;
 pub mod scenario;

@@ -55,6 +55,19 @@ pub fn engine_config(i: usize) -> EngineConfig {
     }
 }
 
+/// A new guest VMSA as the SVSM creates it: AlternateInjection on, vNMI.
+pub fn fresh_vmsa(profile: &Profile) -> VmsaPage {
+    let mut page = VmsaPage::new();
+    let rflags = if profile.boot_xapic { 2 } else { RFLAGS_IF | 2 };
+    page.set_rflags(rflags);
+    page.set_efer(EFER_SVME);
+    page.set_sev_features(SevFeatures::from_bits_retain(1 << 4));
+    // vNMI is on (AMD APM vol. 2 §15.21.10): hardware tracks the
+    // guest's NMI masking in V_NMI_MASK.
+    page.set_vintr_ctrl(VIntrCtrl::new().with_v_nmi_enable(true).with_vgif(true));
+    page
+}
+
 /// How one simulation is set up.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -230,6 +243,12 @@ pub struct Vcpu {
     pub busy_streak: u8,
     /// Kicks delivered since the engine last drained the mailbox.
     pub kicks_in_batch: u32,
+    /// When the SVSM creates this handed-back vCPU's engine again
+    /// (`recreate.rs`; [`NEVER`]: not planned).
+    pub recreate_at: u64,
+    /// A post to this vCPU split across its mailbox's reopen, as (sender,
+    /// vector): its second half runs once the restarted guest has booted.
+    pub split_post: Option<(usize, u8)>,
     /// The guest model.
     pub guest: Guest,
 }
@@ -312,18 +331,7 @@ impl Sim {
             profile.forged_low_intr = false;
         }
         let mut rng = Rng::new(config.seed);
-        let mut vmsas = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut page = VmsaPage::new();
-            let rflags = if profile.boot_xapic { 2 } else { RFLAGS_IF | 2 };
-            page.set_rflags(rflags);
-            page.set_efer(EFER_SVME);
-            page.set_sev_features(SevFeatures::from_bits_retain(1 << 4));
-            // vNMI is on (AMD APM vol. 2 §15.21.10): hardware tracks the
-            // guest's NMI masking in V_NMI_MASK.
-            page.set_vintr_ctrl(VIntrCtrl::new().with_v_nmi_enable(true).with_vgif(true));
-            vmsas.push(page);
-        }
+        let vmsas = (0..n).map(|_| fresh_vmsa(&profile)).collect();
         let m = Machine {
             platform: SimPlatform::new(n),
             shared: (0..n).map(|_| VcpuShared::new()).collect(),
@@ -370,6 +378,8 @@ impl Sim {
                     ai_stuck_reported: false,
                     busy_streak: 0,
                     kicks_in_batch: 0,
+                    recreate_at: NEVER,
+                    split_post: None,
                     guest: Guest::new(i, &profile, dereg),
                 }
             })
@@ -493,8 +503,9 @@ impl Sim {
         }
         let mut best = (NEVER, Actor::Device);
         for (i, v) in self.vcpus.iter().enumerate() {
-            if v.next_at < best.0 {
-                best = (v.next_at, Actor::Vcpu(i));
+            let next = v.next_at.min(v.recreate_at);
+            if next < best.0 {
+                best = (next, Actor::Vcpu(i));
             }
             let timer = if v.handed_back {
                 v.host_apic
@@ -545,6 +556,10 @@ impl Sim {
         let Some(v) = self.vcpus.get(i) else { return };
         if !v.created {
             self.create_vcpu(i);
+            return;
+        }
+        if v.handed_back && v.recreate_at <= self.now {
+            self.recreate_vcpu(i);
             return;
         }
         if v.exit_due {
