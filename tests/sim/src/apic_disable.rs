@@ -23,7 +23,8 @@ use alloc::vec;
 use kernel::protocol::ResultCode;
 
 use crate::guest::{Call, SetupStep};
-use crate::world::Sim;
+use crate::platform::Effect;
+use crate::world::{Sabotage, Sim};
 
 impl Sim {
     /// With `apic_disable`: whether the guest disables its APIC now (drawn
@@ -79,6 +80,43 @@ impl Sim {
     pub(crate) fn discard_at_reset(&mut self, i: usize) {
         let n = self.ledgers.get_mut(i).map_or(0, |l| l.discard_at_reset());
         self.stats.discarded_at_reset = self.stats.discarded_at_reset.saturating_add(n);
+    }
+
+    /// Specific EOIs the host got so far for vCPU `i`'s level lines.
+    pub(crate) fn level_eois_of(&self, i: usize) -> u64 {
+        self.lines
+            .iter()
+            .filter(|l| l.target == i)
+            .map(|l| l.eois)
+            .sum()
+    }
+
+    /// After VMPL0 answered vCPU `i`'s call: when it was the APIC disable,
+    /// counts the specific EOIs it sent (level presentations in flight).
+    pub(crate) fn note_disable_eois(&mut self, i: usize, before: u64) {
+        let disable = matches!(
+            self.vcpus.get(i).and_then(|v| v.guest.call),
+            Some(Call::ApicDisable)
+        );
+        if disable {
+            let sent = self.level_eois_of(i).saturating_sub(before);
+            self.stats.disable_level_eois = self.stats.disable_level_eois.saturating_add(sent);
+        }
+    }
+
+    /// Sabotage: the specific EOIs VMPL0's answer to an APIC disable made
+    /// never reach the host (issue 9 path 10 before its fix).
+    pub(crate) fn sabotage_disable_eois(&mut self, i: usize) {
+        let disable = matches!(
+            self.vcpus.get(i).and_then(|v| v.guest.call),
+            Some(Call::ApicDisable)
+        );
+        if disable
+            && self.config.sabotage == Some(Sabotage::NoEoiAtApicDisable)
+            && let Ok(mut effects) = self.m.platform.effects.try_borrow_mut()
+        {
+            effects.retain(|e| !matches!(e, Effect::SpecificEoi { .. }));
+        }
     }
 
     /// A handler taken before an APIC disable ends without an EOI; true if

@@ -158,6 +158,7 @@ impl Sim {
             self.stats.protocol_calls = self.stats.protocol_calls.saturating_add(1);
             self.snapshot_ipi_targets(i);
             let armed = self.arm_disable_ai_failure(i);
+            let eois_before = self.level_eois_of(i);
             let res = self.engine_call(i, "the SVSM call", |e, env, vmsa| {
                 e.handle_apic_call_in_vmsa(env, vmsa)
             });
@@ -165,7 +166,9 @@ impl Sim {
                 self.violation(i, "BUSY clear while VMPL0 answers an SVSM call");
             }
             let disable_ai_failed = self.check_failed_disable_ai(i, armed);
+            self.sabotage_disable_eois(i);
             self.process_effects();
+            self.note_disable_eois(i, eois_before);
             if disable_ai_failed {
                 self.complete_failed_handback(i, res);
             } else {

@@ -20,7 +20,7 @@ use apic::VectorSet;
 use vmsa::{EventType, VmsaAccess};
 
 use crate::guest::{Call, FrameKind};
-use crate::world::{GUEST_VMPL, Sim};
+use crate::world::{GUEST_VMPL, Sabotage, Sim};
 
 /// The descriptor words: status, IRR words 1-7, ISR words 0-7.
 pub(crate) type DescriptorWords = [u32; 16];
@@ -80,6 +80,9 @@ impl Sim {
             return false;
         }
         self.stats.disable_ai_failed = self.stats.disable_ai_failed.saturating_add(1);
+        if self.config.sabotage == Some(Sabotage::StaleIsrAfterFailedDisableAi) {
+            self.leave_stale_isr(i);
+        }
         let after = self.descriptor_words(i);
         let isr_changed = after.get(8..) != before.get(8..);
         let new_bits = after
@@ -96,6 +99,25 @@ impl Sim {
             );
         }
         true
+    }
+
+    /// Sabotage: the engine's ISR words stay in the descriptor after the
+    /// failed attempt (what the engine did before the path-5 fix).
+    fn leave_stale_isr(&self, i: usize) {
+        let Some(engine) = self.m.engines.get(i).and_then(Option::as_ref) else {
+            return;
+        };
+        let words = engine.apic().isr().words();
+        if let Some(d) = self
+            .m
+            .doorbells
+            .get(i)
+            .and_then(|p| p.descriptor(GUEST_VMPL).ok())
+        {
+            for (w, bits) in d.isr.iter().zip(words) {
+                w.fetch_or(bits, Ordering::AcqRel);
+            }
+        }
     }
 
     /// At a hand-back: every vector in the descriptor's ISR (`isr`) must

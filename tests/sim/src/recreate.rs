@@ -42,7 +42,7 @@ use kernel::{Fabric, VcpuEngine};
 
 use crate::guest::{Guest, IPI_VECTORS};
 use crate::ledger::Pending;
-use crate::world::{NEVER, Sim, engine_config, fresh_vmsa};
+use crate::world::{NEVER, Sabotage, Sim, engine_config, fresh_vmsa};
 
 impl Sim {
     /// When vCPU `j`'s APIC was handed back: schedule its restart.
@@ -74,11 +74,15 @@ impl Sim {
         let candidates: alloc::vec::Vec<u8> =
             IPI_VECTORS.iter().copied().filter(|v| *v < 208).collect();
         let vector = self.rng.pick(&candidates, 0x40);
-        let first = self
-            .m
-            .shared
-            .get(i)
-            .is_some_and(|s| s.mailbox().post_first_step(vector));
+        // Sabotage: the word-N bit vanishes, as a reopen with plain stores
+        // wiped it (issue 9 path 7 before its fix).
+        let wipe = self.config.sabotage == Some(Sabotage::ReopenWipesPost);
+        let first = wipe
+            || self
+                .m
+                .shared
+                .get(i)
+                .is_some_and(|s| s.mailbox().post_first_step(vector));
         // INIT: whatever the host's APIC held for this vCPU is discarded.
         self.discard_at_reset(i);
         let profile = self.profile;

@@ -74,6 +74,7 @@ pub struct Stats {
     pub split_posts: u64,
     pub apic_disables: u64,
     pub discarded_at_reset: u64,
+    pub disable_level_eois: u64,
     pub host_refused_posts: u64,
     // Hardware.
     pub cut_deliveries: u64,
@@ -326,8 +327,11 @@ impl Stats {
             ),
         );
         row(
-            "guest APIC disables / instances discarded by APIC resets",
-            format!("{} / {}", self.apic_disables, self.discarded_at_reset),
+            "guest APIC disables / their level EOIs / instances discarded by APIC resets",
+            format!(
+                "{} / {} / {}",
+                self.apic_disables, self.disable_level_eois, self.discarded_at_reset
+            ),
         );
         row(
             "host entries / host exits (handed back)",

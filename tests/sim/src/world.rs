@@ -112,6 +112,15 @@ pub enum Sabotage {
     /// The hand-back leaves SEV_FEATURES.AlternateInjection set, as issue 9
     /// path 1 did (the host model's check).
     KeepAlternateInjection,
+    /// After a failed disable-AI the descriptor keeps the writeback's ISR
+    /// words, as issue 9 path 5 did (`handback-fail`'s checks).
+    StaleIsrAfterFailedDisableAi,
+    /// The reopen wipes the half-done post's PIR word, as the plain stores
+    /// of issue 9 path 7 did (`recreate`; the ledger).
+    ReopenWipesPost,
+    /// The APIC disable sends no specific EOI for the host level vectors in
+    /// flight, as issue 9 path 10 did (`apic-disable`; the level EOI check).
+    NoEoiAtApicDisable,
 }
 
 impl Config {
