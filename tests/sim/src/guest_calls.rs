@@ -312,6 +312,22 @@ impl Sim {
             let handed_back = v.handed_back;
             let credit = nmi || (v.guest.accepts_fixed() && vector >= 16);
             if !credit {
+                // A target whose APIC is enabled but software-disabled now
+                // may have set SVR by the time it drains the post (the
+                // mailbox feeds IRR at the drain; an IPI in transit arrives
+                // after the SVR write): one more delivery is allowed, not
+                // owed.
+                let enabled = self
+                    .m
+                    .shared
+                    .get(j)
+                    .and_then(|s| s.address())
+                    .is_some_and(|a| a.mode != apic::ApicMode::Disabled);
+                if !nmi && vector >= 16 && !handed_back && enabled {
+                    if let Some(l) = self.ledgers.get_mut(j) {
+                        l.allow_one(vector);
+                    }
+                }
                 continue;
             }
             if nmi {

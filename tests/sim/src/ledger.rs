@@ -297,6 +297,14 @@ impl Ledger {
         out
     }
 
+    /// One more delivery of `vector` is allowed but not owed (a request
+    /// whose acceptance depends on an order nobody can observe).
+    pub fn allow_one(&mut self, vector: u8) {
+        if let Some(optional) = self.optional.get_mut(usize::from(vector)) {
+            *optional = true;
+        }
+    }
+
     /// The APIC was reset (APIC_BASE EN = 0, or the vCPU's INIT): every
     /// owed vector instance is an architected discard, not a loss (Intel
     /// SDM vol. 3A §11.4.3: disabling clears IRR and ISR; §11.4.7.3 INIT).

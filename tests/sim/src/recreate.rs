@@ -18,7 +18,10 @@
 //! is half done: its RMW of its PIR word (vectors below 208 live outside
 //! word 0) happened while the mailbox was closed, its word-0 RMW (which
 //! announces ON, or finds CLOSED and takes the bit back to forward it)
-//! comes after the reopen. The sender is a guest whose VMPL0 the host
+//! comes after the reopen. The restart waits until no guest's IPI call
+//! that may reach the vCPU is in flight (the OS takes a CPU down under
+//! stop_machine, as Linux does, so no IPI to it is half sent then).
+//! The sender is a guest whose VMPL0 the host
 //! descheduled between the two RMWs; it resumes once the restarted guest
 //! has booted, and the IPI is accepted then, so it is owed one delivery by
 //! the new engine (or a forward to the host, had the post found the
@@ -40,7 +43,7 @@ use kernel::mailbox::Post;
 use kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
 use kernel::{Fabric, VcpuEngine};
 
-use crate::guest::{Guest, IPI_VECTORS};
+use crate::guest::{Call, Dest, Guest, IPI_VECTORS};
 use crate::ledger::Pending;
 use crate::world::{NEVER, Sabotage, Sim, engine_config, fresh_vmsa};
 
@@ -65,6 +68,14 @@ impl Sim {
     /// vCPU `i` restarts and the SVSM creates its engine again, with a
     /// sender's post split across the mailbox's reopen (module doc).
     pub(crate) fn recreate_vcpu(&mut self, i: usize) {
+        if self.ipi_in_flight_to(i) {
+            // Not yet: the restart waits until no IPI call to this vCPU
+            // is in flight (module doc).
+            if let Some(v) = self.vcpus.get_mut(i) {
+                v.recreate_at = self.now.saturating_add(10_000);
+            }
+            return;
+        }
         let n = self.n();
         // The sender preempted inside its post: any other vCPU.
         let from = (i
@@ -188,6 +199,22 @@ impl Sim {
                 format!("post of {vector:#x} split by the reopen found the mailbox closed"),
             ),
         }
+    }
+
+    /// Whether another guest has made an IPI call that may reach vCPU `i`
+    /// and VMPL0 has not answered it yet.
+    fn ipi_in_flight_to(&self, i: usize) -> bool {
+        self.vcpus
+            .iter()
+            .enumerate()
+            .any(|(j, v)| match v.guest.call {
+                Some(Call::Ipi { dest, .. }) => match dest {
+                    Dest::Physical(t) => t as usize == i,
+                    Dest::AllButSelf => j != i,
+                    Dest::SelfIpi => false,
+                },
+                _ => false,
+            })
     }
 
     /// Whether guests may send IPIs to vCPU `j` (`recreate`: not while it

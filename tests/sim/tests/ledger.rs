@@ -102,3 +102,13 @@ fn an_apic_reset_keeps_an_owed_nmi() {
     l.discard_at_reset();
     assert_eq!(l.lost(100), vec![(2, 10)]);
 }
+
+#[test]
+fn an_allowed_delivery_is_not_owed_and_not_a_duplicate() {
+    // An IPI to a software-disabled APIC that may be drained after its SVR write.
+    let mut l = Ledger::new();
+    l.allow_one(0x41);
+    assert!(!l.owed(0x41));
+    assert_eq!(l.deliver(0x41, 10), Debit::Ok);
+    assert_eq!(l.deliver(0x41, 20), Debit::Unrequested);
+}
