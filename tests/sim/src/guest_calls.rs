@@ -323,10 +323,13 @@ impl Sim {
                     .get(j)
                     .and_then(|s| s.address())
                     .is_some_and(|a| a.mode != apic::ApicMode::Disabled);
-                if !nmi && vector >= 16 && !handed_back && enabled {
-                    if let Some(l) = self.ledgers.get_mut(j) {
-                        l.allow_one(vector);
-                    }
+                if !nmi
+                    && vector >= 16
+                    && !handed_back
+                    && enabled
+                    && let Some(l) = self.ledgers.get_mut(j)
+                {
+                    l.allow_one(vector);
                 }
                 continue;
             }

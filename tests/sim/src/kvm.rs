@@ -3,7 +3,7 @@
 //! (only with SEV_FEATURES.AlternateInjection clear), resolves each run,
 //! takes the guest's EOIs and routes its IPIs.
 
-use alloc::format;
+use alloc::{format, vec, vec::Vec};
 use core::sync::atomic::Ordering;
 
 use apic::{LocalApic, VectorSet};

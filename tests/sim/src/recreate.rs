@@ -78,10 +78,11 @@ impl Sim {
         }
         let n = self.n();
         // The sender preempted inside its post: any other vCPU.
-        let from = (i
+        let from = i
             .saturating_add(1)
-            .saturating_add(self.rng.index(n.saturating_sub(1).max(1))))
-            % n;
+            .saturating_add(self.rng.index(n.saturating_sub(1).max(1)))
+            .checked_rem(n)
+            .unwrap_or(0);
         let candidates: alloc::vec::Vec<u8> =
             IPI_VECTORS.iter().copied().filter(|v| *v < 208).collect();
         let vector = self.rng.pick(&candidates, 0x40);
