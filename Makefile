@@ -28,7 +28,7 @@ test:
 # Every simulator scenario at 64 vCPUs for 1,000,000 steps: any invariant
 # violation fails (well under a second each in release).
 SOAK_SCENARIOS := idle-timer ipi-storm device-level boot hostile-hv hostile-guest deregister \
-  reinject-stall tsc-deadline handback-due level-edge
+  reinject-stall tsc-deadline handback-due level-edge handback-fail recreate apic-disable
 soak:
 	$(CARGO) build --release -p sim
 	for s in $(SOAK_SCENARIOS); do \

@@ -17,7 +17,8 @@ shift $(( $# > 3 ? 3 : $# ))
 SCENARIOS=("$@")
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   SCENARIOS=(idle-timer ipi-storm device-level boot hostile-hv hostile-guest deregister
-             reinject-stall tsc-deadline handback-due level-edge)
+             reinject-stall tsc-deadline handback-due level-edge handback-fail recreate
+             apic-disable)
 fi
 JOBS=${JOBS:-2}
 EXTRA=${EXTRA:-}

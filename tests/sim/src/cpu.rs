@@ -1,5 +1,6 @@
-//! VMPL0's run loop around the real engine, the hardware's VMRUN for an
-//! Alternate-Injection VMSA, and the guest's execution.
+//! VMPL0's run loop around the real engine and the hardware's VMRUN for an
+//! Alternate-Injection VMSA (the guest's execution is in `guest_ops.rs`,
+//! its protocol calls in `guest_calls.rs`).
 //!
 //! # Hardware model (AMD APM vol. 2 §15.20, §15.21, §15.36.16; spec §2)
 //! - VMRUN with BUSY set fails with VMEXIT_BUSY; nothing is consumed.
@@ -19,24 +20,17 @@
 use alloc::{format, string::String, vec::Vec};
 
 use kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
-use kernel::protocol::{CallResult, ResultCode, configure};
 use vmsa::{EventInj, EventType, ExitCode, ExitKind, RFLAGS_IF, VmsaAccess};
 
-use crate::guest::{
-    Call, Dest, Frame, FrameKind, HOSTILE_CALLS, IPI_VECTORS, OTHER_PROTOCOL, SELF_IPI_VECTOR,
-    SetupStep, TIMER_VECTOR,
-};
+use crate::guest::{Call, Frame, FrameKind, HOSTILE_CALLS, SELF_IPI_VECTOR, SetupStep};
 use crate::ledger::Debit;
 use crate::world::{EXIT_LATENCY, NEVER, Sim};
 
-/// IA32_TSC_DEADLINE (Intel SDM vol. 3A §11.5.4.1).
-const TSC_DEADLINE_MSR: u64 = 0x6E0;
-
 /// ExitCode of HLT (AMD APM vol. 2 appendix C).
-const EXIT_HLT: ExitCode = ExitCode(0x78);
+pub(crate) const EXIT_HLT: ExitCode = ExitCode(0x78);
 
 /// How a guest operation ended.
-enum Op {
+pub(crate) enum Op {
     /// Kept running; the operation took this long.
     Ran(u64),
     /// The run ended (exit set up).
@@ -44,18 +38,18 @@ enum Op {
 }
 
 impl Sim {
-    fn vmsa_mut(&mut self, i: usize) -> Option<&mut vmsa::VmsaPage> {
+    pub(crate) fn vmsa_mut(&mut self, i: usize) -> Option<&mut vmsa::VmsaPage> {
         self.m.vmsas.get_mut(i)
     }
 
-    fn guest_if(&self, i: usize) -> bool {
+    pub(crate) fn guest_if(&self, i: usize) -> bool {
         self.m
             .vmsas
             .get(i)
             .is_some_and(|v| v.rflags() & RFLAGS_IF != 0)
     }
 
-    fn set_guest_if(&mut self, i: usize, on: bool) {
+    pub(crate) fn set_guest_if(&mut self, i: usize, on: bool) {
         if let Some(v) = self.vmsa_mut(i) {
             let rflags = v.rflags();
             v.set_rflags(if on {
@@ -66,7 +60,7 @@ impl Sim {
         }
     }
 
-    fn set_shadow(&mut self, i: usize, on: bool) {
+    pub(crate) fn set_shadow(&mut self, i: usize, on: bool) {
         if let Some(v) = self.vmsa_mut(i) {
             let ctrl = v.vintr_ctrl();
             if ctrl.int_shadow() != on {
@@ -75,14 +69,14 @@ impl Sim {
         }
     }
 
-    fn set_cr8(&mut self, i: usize, class: u8) {
+    pub(crate) fn set_cr8(&mut self, i: usize, class: u8) {
         if let Some(v) = self.vmsa_mut(i) {
             let ctrl = v.vintr_ctrl();
             v.set_vintr_ctrl(ctrl.with_v_tpr(class & 0xF));
         }
     }
 
-    fn cr8(&self, i: usize) -> u8 {
+    pub(crate) fn cr8(&self, i: usize) -> u8 {
         self.m
             .vmsas
             .get(i)
@@ -157,14 +151,23 @@ impl Sim {
         if exit == Some(ExitKind::Vmgexit) && call_pending {
             self.stats.protocol_calls = self.stats.protocol_calls.saturating_add(1);
             self.snapshot_ipi_targets(i);
+            let armed = self.arm_disable_ai_failure(i);
+            let eois_before = self.level_eois_of(i);
             let res = self.engine_call(i, "the SVSM call", |e, env, vmsa| {
                 e.handle_apic_call_in_vmsa(env, vmsa)
             });
             if !self.m.vmsas.get(i).is_some_and(|v| v.vintr_ctrl().busy()) {
                 self.violation(i, "BUSY clear while VMPL0 answers an SVSM call");
             }
+            let disable_ai_failed = self.check_failed_disable_ai(i, armed);
+            self.sabotage_disable_eois(i);
             self.process_effects();
-            self.complete_call(i, res);
+            self.note_disable_eois(i, eois_before);
+            if disable_ai_failed {
+                self.complete_failed_handback(i, res);
+            } else {
+                self.complete_call(i, res);
+            }
             self.forwarded.clear();
         }
         if self.vcpus.get(i).is_some_and(|v| v.hv_signalled) {
@@ -381,7 +384,7 @@ impl Sim {
     }
 
     /// The run ends at once (exit code already written).
-    fn end_run_soon(&mut self, i: usize) {
+    pub(crate) fn end_run_soon(&mut self, i: usize) {
         let now = self.now;
         if let Some(v) = self.vcpus.get_mut(i) {
             v.exit_due = true;
@@ -523,7 +526,7 @@ impl Sim {
 
     /// Hardware between two guest instructions: V_NMI, then V_IRQ.
     /// Returns false when a cut delivery ended the run.
-    fn hw_poll(&mut self, i: usize) -> bool {
+    pub(crate) fn hw_poll(&mut self, i: usize) -> bool {
         let Some(vmsa) = self.m.vmsas.get_mut(i) else {
             return true;
         };
@@ -564,695 +567,6 @@ impl Sim {
             self.deliver_intr(i, vector, "V_IRQ");
         }
         true
-    }
-
-    // ------------------------------------------------------------ guest
-
-    /// The guest runs a batch of instructions.
-    pub(crate) fn guest_batch(&mut self, i: usize) {
-        let mut spent = 0u64;
-        for _ in 0..8 {
-            if !self.hw_poll(i) {
-                return;
-            }
-            let shadow_before = self
-                .m
-                .vmsas
-                .get(i)
-                .is_some_and(|v| v.vintr_ctrl().int_shadow());
-            let op = self.guest_op(i);
-            // The STI shadow covers one instruction, also one that exits.
-            if shadow_before {
-                self.set_shadow(i, false);
-            }
-            match op {
-                Op::Ran(cost) => spent = spent.saturating_add(cost),
-                Op::Exited => return,
-            }
-        }
-        let now = self.now;
-        if let Some(v) = self.vcpus.get_mut(i) {
-            v.next_at = now.saturating_add(spent.max(1));
-        }
-    }
-
-    fn op_cost(&mut self) -> u64 {
-        self.rng.range(300, 3000)
-    }
-
-    /// One guest instruction (or a short sequence acting as one).
-    fn guest_op(&mut self, i: usize) -> Op {
-        let cost = self.op_cost();
-        let handback_moment = self.handback_moment(i);
-        if let Some(call) = self.tsc_deadline_op(i) {
-            return self.issue_call(i, call);
-        }
-        let Some(v) = self.vcpus.get_mut(i) else {
-            return Op::Ran(cost);
-        };
-        let handed_back = v.handed_back;
-        let g = &mut v.guest;
-        if let Some(top) = g.frames.last_mut() {
-            if top.work > 0 {
-                top.work = top.work.saturating_sub(1);
-                return Op::Ran(cost);
-            }
-            let top = *top;
-            return match top.kind {
-                FrameKind::Nmi => {
-                    g.frames.pop();
-                    g.in_nmi = false;
-                    self.set_guest_if(i, top.saved_if);
-                    // IRET unmasks NMIs (V_NMI_MASK is written back).
-                    if let Some(vmsa) = self.vmsa_mut(i) {
-                        let ctrl = vmsa.vintr_ctrl();
-                        vmsa.set_vintr_ctrl(ctrl.with_v_nmi_mask(false));
-                    }
-                    Op::Ran(cost)
-                }
-                FrameKind::Intr => self.finish_intr(i, top, cost),
-            };
-        }
-        if !g.booted() {
-            let step = g.setup.get(g.setup_pos).copied();
-            return match step {
-                Some(step) => self.issue_call(i, Call::Setup(step)),
-                None => Op::Ran(cost),
-            };
-        }
-        if self.draining {
-            let g = &mut v.guest;
-            g.cli_left = 0;
-            g.burst_left = 0;
-            g.cr8_left = 0;
-            if self.cr8(i) != 0 {
-                self.set_cr8(i, 0);
-                return Op::Ran(cost);
-            }
-            return self.safe_halt(i);
-        }
-        if g.cli_left > 0 {
-            g.cli_left = g.cli_left.saturating_sub(1);
-            let raise = g.cr8_left == 0 && g.cli_left > 0;
-            if g.cli_left == 0 {
-                self.sti(i);
-            } else if raise && self.rng.chance(200_000) {
-                // Raise CR8 with interrupts off (like an irqsave lock that
-                // also masks by priority): a V_IRQ queued for the closed
-                // window must now wait for CR8 to drop (V_TPR check).
-                let class = self.rng.range(1, 0xF) as u8;
-                let n = self.rng.range(2, 8) as u8;
-                if let Some(v) = self.vcpus.get_mut(i) {
-                    v.guest.cr8_left = n;
-                }
-                self.set_cr8(i, class);
-            }
-            return Op::Ran(cost);
-        }
-        if g.cr8_left > 0 {
-            g.cr8_left = g.cr8_left.saturating_sub(1);
-            if g.cr8_left == 0 {
-                self.set_cr8(i, 0);
-            }
-            return Op::Ran(cost);
-        }
-        if g.burst_left > 0 {
-            g.burst_left = g.burst_left.saturating_sub(1);
-            let all = g.burst_all;
-            let call = self.pick_ipi(i, all);
-            return self.issue_call(i, call);
-        }
-        let step = self.step;
-        if !g.deregistered && g.deregister_step.is_some_and(|s| step >= s) {
-            if handback_moment {
-                return self.issue_call(i, Call::Configure(configure::DEREGISTER));
-            }
-            // Waiting for the moment: spin in short steps (no HLT) so the
-            // window before the timer expiry is not missed.
-            return Op::Ran(self.rng.range(50, 300));
-        }
-        if handed_back && g.games_after_handback > 0 {
-            g.games_after_handback = g.games_after_handback.saturating_sub(1);
-            let call = match g.games_after_handback % 4 {
-                3 => Call::Configure(configure::REGISTER),
-                2 => Call::Configure(configure::DEREGISTER),
-                1 => Call::ReadWhenHandedBack,
-                _ => Call::Configure(configure::QUERY),
-            };
-            return self.issue_call(i, call);
-        }
-        if !self.guest_if(i) {
-            self.sti(i);
-            return Op::Ran(cost);
-        }
-        if !self.rng.chance(self.profile.busy_work) {
-            return self.safe_halt(i);
-        }
-        let r = self.rng.below(100);
-        if self.profile.hostile_guest && r < 30 {
-            return self.hostile_guest_op(i, cost);
-        }
-        if self.profile.ipi_per_run > 0 && self.rng.chance(self.profile.ipi_per_run) {
-            let burst = self.rng.range(1, u64::from(self.profile.ipi_burst.max(1))) as u32;
-            let all = self.rng.chance(self.profile.ipi_broadcast);
-            if let Some(v) = self.vcpus.get_mut(i) {
-                v.guest.burst_left = burst.saturating_sub(1);
-                v.guest.burst_all = all;
-            }
-            let call = self.pick_ipi(i, all);
-            return self.issue_call(i, call);
-        }
-        if r < 45 {
-            let n = self.rng.range(1, 6) as u8;
-            if let Some(v) = self.vcpus.get_mut(i) {
-                v.guest.cli_left = n;
-            }
-            self.set_guest_if(i, false);
-        } else if r < 55 {
-            let class = self.rng.range(1, 0xF) as u8;
-            let n = self.rng.range(1, 6) as u8;
-            if let Some(v) = self.vcpus.get_mut(i) {
-                v.guest.cr8_left = n;
-            }
-            self.set_cr8(i, class);
-        }
-        Op::Ran(cost)
-    }
-
-    /// Whether now is a moment for the deregistration: always, or with
-    /// `deregister_when_due` only when the engine-armed timer expires before
-    /// VMPL0 gets to the call ([`EXIT_LATENCY`]; even vCPUs) or a #MC waits
-    /// in the engine (odd vCPUs) (issue 9 paths 8 and 4).
-    fn handback_moment(&self, i: usize) -> bool {
-        if !self.profile.deregister_when_due {
-            return true;
-        }
-        let now = self.now;
-        let timer_due = self
-            .m
-            .platform
-            .timers
-            .get(i)
-            .and_then(core::cell::Cell::get)
-            .is_some_and(|d| d > now && d <= now.saturating_add(EXIT_LATENCY));
-        let mc = self
-            .m
-            .engines
-            .get(i)
-            .and_then(Option::as_ref)
-            .is_some_and(kernel::VcpuEngine::machine_check_pending);
-        // Even vCPUs wait for the timer, odd ones for a #MC.
-        if i.is_multiple_of(2) { timer_due } else { mc }
-    }
-
-    /// TSC-deadline mode: re-arm once the deadline passed (as Linux does
-    /// after the tick), and now and then rewrite it within 1.5 µs of
-    /// expiry, before or after (issue 9 path 3).
-    fn tsc_deadline_op(&mut self, i: usize) -> Option<Call> {
-        let v = self.vcpus.get(i)?;
-        if !self.profile.tsc_deadline
-            || !v.guest.timer_on
-            || v.handed_back
-            || !v.guest.frames.is_empty()
-        {
-            return None;
-        }
-        let now = self.now;
-        let deadline = v.guest.tsc_deadline;
-        let period = self.profile.timer_period.unwrap_or(0);
-        let near = deadline.abs_diff(now) < 1_500;
-        if deadline <= now || (near && self.rng.chance(300_000)) {
-            return Some(Call::TscDeadline(now.saturating_add(period)));
-        }
-        None
-    }
-
-    fn sti(&mut self, i: usize) {
-        self.set_guest_if(i, true);
-        self.set_shadow(i, true);
-    }
-
-    /// STI; HLT. HLT is the instruction in the STI shadow, so the shadow
-    /// is over once the guest halts.
-    fn safe_halt(&mut self, i: usize) -> Op {
-        let cost = self.op_cost();
-        self.set_guest_if(i, true);
-        // An interrupt already deliverable but for the shadow wakes HLT.
-        let wake = self.m.vmsas.get(i).is_some_and(|vmsa| {
-            let c = vmsa.vintr_ctrl();
-            (c.v_irq() && c.vgif() && c.v_intr_prio() > c.v_tpr() & 0xF)
-                || (c.v_nmi_enable() && c.v_nmi() && !c.v_nmi_mask())
-        });
-        if wake {
-            return Op::Ran(cost);
-        }
-        let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
-        if handed_back {
-            let pending = self.vcpus.get(i).is_some_and(|v| {
-                v.host_nmi
-                    || v.host_apic
-                        .as_ref()
-                        .and_then(apic::LocalApic::highest_deliverable)
-                        .is_some()
-            });
-            if pending {
-                // KVM sees a pending interrupt at HLT and re-enters at once.
-                if let Some(vmsa) = self.vmsa_mut(i) {
-                    vmsa.set_exit_code(EXIT_HLT);
-                }
-                self.end_run_soon(i);
-                return Op::Exited;
-            }
-        }
-        if let Some(vmsa) = self.vmsa_mut(i) {
-            vmsa.set_exit_code(EXIT_HLT);
-        }
-        let now = self.now;
-        if let Some(v) = self.vcpus.get_mut(i) {
-            v.halted = true;
-            v.exit_due = false;
-            v.next_at = NEVER;
-        }
-        if let Some(t) = self.trace.as_mut() {
-            t.end(i, now, "guest");
-            t.instant(i, now, "HLT", "");
-        }
-        self.stats.halts = self.stats.halts.saturating_add(1);
-        Op::Exited
-    }
-
-    /// The end of a maskable-interrupt handler: service a level device,
-    /// then EOI (lazily when the calling area allows it), then IRET.
-    fn finish_intr(&mut self, i: usize, top: Frame, cost: u64) -> Op {
-        // A level device is serviced: it de-asserts, or keeps asserting
-        // when it has more work (then it is presented again after the EOI).
-        let keep = self.rng.chance(250_000);
-        for line in self.lines.iter_mut() {
-            if line.target == i && line.vector == top.vector {
-                line.asserted = keep;
-            }
-        }
-        let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
-        if handed_back {
-            self.host_eoi(i);
-            self.pop_frame(i);
-            return Op::Ran(cost);
-        }
-        let lazy = self
-            .m
-            .caa
-            .get(i)
-            .is_some_and(|b| b.swap(0, core::sync::atomic::Ordering::AcqRel) == 1);
-        if lazy {
-            self.stats.guest_lazy_eois = self.stats.guest_lazy_eois.saturating_add(1);
-            self.pop_frame(i);
-            return Op::Ran(cost);
-        }
-        self.issue_call(i, Call::Eoi)
-    }
-
-    fn pop_frame(&mut self, i: usize) {
-        let frame = self.vcpus.get_mut(i).and_then(|v| v.guest.frames.pop());
-        if let Some(frame) = frame {
-            self.set_guest_if(i, frame.saved_if);
-        }
-    }
-
-    fn pick_ipi(&mut self, i: usize, all: bool) -> Call {
-        let n = self.n() as u64;
-        let nmi = self.rng.chance(self.profile.nmi_ipi);
-        if all {
-            let vector = self.rng.pick(&IPI_VECTORS, 0xFD);
-            return Call::Ipi {
-                dest: Dest::AllButSelf,
-                vector,
-                nmi,
-            };
-        }
-        if !nmi && (n < 2 || self.rng.chance(100_000)) {
-            return Call::Ipi {
-                dest: Dest::SelfIpi,
-                vector: SELF_IPI_VECTOR,
-                nmi: false,
-            };
-        }
-        let mut target = self.rng.below(n.saturating_sub(1).max(1));
-        if target >= i as u64 && n > 1 {
-            target = target.saturating_add(1);
-        }
-        let vector = self.rng.pick(&IPI_VECTORS, 0xFD);
-        Call::Ipi {
-            dest: Dest::Physical(target as u32),
-            vector,
-            nmi,
-        }
-    }
-
-    fn hostile_guest_op(&mut self, i: usize, cost: u64) -> Op {
-        let k = self.rng.index(HOSTILE_CALLS.len().saturating_add(5));
-        let registered = self.vm_registrations;
-        let in_service = self.vcpus.get(i).is_some_and(|v| v.guest.has_intr_frame());
-        let call = match k.checked_sub(HOSTILE_CALLS.len()) {
-            None => Call::Hostile(k),
-            Some(0) => Call::Hostile(usize::MAX),
-            Some(1) if !in_service => Call::EoiNothing,
-            Some(1) => return Op::Ran(cost),
-            Some(2) => Call::Configure(configure::REGISTER),
-            Some(3) if registered >= 2 => Call::Configure(configure::DEREGISTER),
-            Some(3) => Call::Configure(configure::QUERY),
-            Some(_) => {
-                // IPI storm to all.
-                if let Some(v) = self.vcpus.get_mut(i) {
-                    v.guest.burst_left = 15;
-                    v.guest.burst_all = true;
-                }
-                self.stats.guest_storms = self.stats.guest_storms.saturating_add(1);
-                self.pick_ipi(i, true)
-            }
-        };
-        self.issue_call(i, call)
-    }
-
-    /// Makes a protocol call (an exit), or, after a hand-back, an APIC
-    /// access the host handles without VMPL0.
-    fn issue_call(&mut self, i: usize, call: Call) -> Op {
-        let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
-        if handed_back && let Call::Ipi { dest, vector, nmi } = call {
-            self.host_route_ipi(i, dest, vector, nmi);
-            return Op::Ran(self.op_cost());
-        }
-        let x2apic = self.vcpus.get(i).is_some_and(|v| v.guest.x2apic);
-        let period = self.profile.timer_period.unwrap_or(0);
-        let tsc_deadline = self.now.saturating_add(period);
-        match call {
-            Call::Setup(SetupStep::TscDeadline) => {
-                if let Some(v) = self.vcpus.get_mut(i) {
-                    v.guest.tsc_deadline = tsc_deadline;
-                }
-            }
-            Call::TscDeadline(d) => {
-                if let Some(v) = self.vcpus.get_mut(i) {
-                    v.guest.tsc_deadline = d;
-                }
-                self.stats.tsc_deadline_writes = self.stats.tsc_deadline_writes.saturating_add(1);
-            }
-            _ => {}
-        }
-        let id = i as u64;
-        let bsp = if i == 0 { 1u64 << 8 } else { 0 };
-        let (protocol, number, rcx, rdx) = match call {
-            Call::Setup(step) => match step {
-                SetupStep::XapicSvr | SetupStep::Svr => (3, 3, 0x80F, 0x1FF),
-                SetupStep::XapicIcrHigh => (3, 3, 0x831, (id & 0xFF) << 24),
-                SetupStep::XapicIcrLow => (3, 3, 0x830, u64::from(SELF_IPI_VECTOR)),
-                SetupStep::X2apic => (3, 3, 0x1B, 0xFEE0_0000 | (1 << 11) | (1 << 10) | bsp),
-                SetupStep::AllowHost => (3, 4, (1 << 9) | (1 << 8), 0),
-                SetupStep::Register => (3, 1, configure::REGISTER, 0),
-                SetupStep::TimerDivide => (3, 3, 0x83E, 0xB),
-                SetupStep::TimerLvt if self.profile.tsc_deadline => {
-                    (3, 3, 0x832, (2 << 17) | u64::from(TIMER_VECTOR))
-                }
-                SetupStep::TimerLvt => (3, 3, 0x832, (1 << 17) | u64::from(TIMER_VECTOR)),
-                SetupStep::TimerInitial => (3, 3, 0x838, period.min(u64::from(u32::MAX))),
-                SetupStep::TscDeadline => (3, 3, TSC_DEADLINE_MSR, tsc_deadline),
-            },
-            Call::Eoi | Call::EoiNothing => (3, 3, 0x80B, 0),
-            Call::Ipi { dest, vector, nmi } => {
-                let mode = if nmi { 4u64 << 8 } else { 0 };
-                match dest {
-                    Dest::SelfIpi if x2apic => (3, 3, 0x83F, u64::from(vector)),
-                    Dest::SelfIpi => (3, 3, 0x830, (1 << 18) | u64::from(vector)),
-                    Dest::AllButSelf => (3, 3, 0x830, (3 << 18) | mode | u64::from(vector)),
-                    Dest::Physical(t) => {
-                        (3, 3, 0x830, (u64::from(t) << 32) | mode | u64::from(vector))
-                    }
-                }
-            }
-            Call::Hostile(k) => match HOSTILE_CALLS.get(k) {
-                Some(h) => (h.protocol, h.call, h.rcx, h.rdx),
-                None => (OTHER_PROTOCOL, 0, 0, 0),
-            },
-            Call::Configure(op) => (3, 1, op, 0),
-            Call::ReadWhenHandedBack => (3, 2, 0x808, 0),
-            Call::TscDeadline(deadline) => (3, 3, TSC_DEADLINE_MSR, deadline),
-        };
-        let now = self.now;
-        if let Some(vmsa) = self.vmsa_mut(i) {
-            vmsa.set_rax((u64::from(protocol) << 32) | u64::from(number));
-            vmsa.set_rcx(rcx);
-            vmsa.set_rdx(rdx);
-            vmsa.set_exit_code(ExitCode::VMGEXIT);
-        }
-        if let Some(v) = self.vcpus.get_mut(i) {
-            v.guest.call = Some(call);
-        }
-        if let Some(t) = self.trace.as_mut() {
-            t.end(i, now, "guest");
-            t.instant(i, now, "SVSM call", &format!("{call:?}"));
-        }
-        self.end_run_soon(i);
-        Op::Exited
-    }
-
-    /// The guest reads the answer to its call (RAX/RCX/RDX) and acts on it.
-    fn complete_call(&mut self, i: usize, res: Option<CallResult>) {
-        let Some(call) = self.vcpus.get_mut(i).and_then(|v| v.guest.call.take()) else {
-            return;
-        };
-        let Some(res) = res else { return };
-        let code = res.code;
-        if code != ResultCode::Success {
-            self.stats.guest_rejected = self.stats.guest_rejected.saturating_add(1);
-        }
-        let expect = |s: &mut Sim, what: &str, want: ResultCode| {
-            if code != want {
-                s.violation(
-                    i,
-                    format!("{what}: answered {code:?}, the spec says {want:?}"),
-                );
-            }
-        };
-        match call {
-            Call::Setup(step) => {
-                // Registering fails once the VM-wide count is 0 (spec §5).
-                let want = if step == SetupStep::Register && self.vm_registrations == 0 {
-                    ResultCode::CannotRegister
-                } else {
-                    ResultCode::Success
-                };
-                expect(self, &format!("boot step {step:?}"), want);
-                let ok = code == ResultCode::Success;
-                let mut rcx_bad = None;
-                if let Some(v) = self.vcpus.get_mut(i) {
-                    let g = &mut v.guest;
-                    g.setup_pos = g.setup_pos.saturating_add(1);
-                    if ok {
-                        match step {
-                            SetupStep::XapicSvr | SetupStep::Svr => g.sw_enabled = true,
-                            SetupStep::AllowHost => g.host_allowed = true,
-                            SetupStep::X2apic => g.x2apic = true,
-                            SetupStep::TimerInitial | SetupStep::TscDeadline => g.timer_on = true,
-                            SetupStep::Register => {
-                                let want = self.vm_registrations.saturating_add(1);
-                                self.vm_registrations = want;
-                                g.registered = want;
-                                if res.rcx != Some(u64::from(want)) {
-                                    rcx_bad = Some(want);
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                if let Some(want) = rcx_bad {
-                    self.violation(i, format!("REGISTER returned {:?}, want {want}", res.rcx));
-                }
-                if ok && step == SetupStep::X2apic {
-                    self.stats.x2apic_switches = self.stats.x2apic_switches.saturating_add(1);
-                }
-                if ok && step == SetupStep::XapicIcrLow {
-                    self.stats.xapic_ipis = self.stats.xapic_ipis.saturating_add(1);
-                    self.credit_ipi(i, Dest::Physical(i as u32), SELF_IPI_VECTOR, false);
-                }
-            }
-            Call::Eoi => {
-                expect(self, "EOI", ResultCode::Success);
-                self.pop_frame(i);
-            }
-            Call::EoiNothing => {
-                let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
-                let want = if handed_back {
-                    ResultCode::UnsupportedProtocol
-                } else {
-                    ResultCode::Success
-                };
-                expect(self, "EOI with nothing in service", want);
-            }
-            Call::Ipi { dest, vector, nmi } => {
-                expect(self, "IPI", ResultCode::Success);
-                if code == ResultCode::Success {
-                    self.stats.guest_ipis = self.stats.guest_ipis.saturating_add(1);
-                    self.credit_ipi(i, dest, vector, nmi);
-                }
-            }
-            Call::Hostile(k) => {
-                self.stats.hostile_calls = self.stats.hostile_calls.saturating_add(1);
-                let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
-                match HOSTILE_CALLS.get(k) {
-                    // After the hand-back every protocol-3 call answers
-                    // UNSUPPORTED_PROTOCOL on that vCPU (spec §5).
-                    Some(h) if handed_back => {
-                        expect(self, h.what, ResultCode::UnsupportedProtocol);
-                    }
-                    Some(h) => {
-                        expect(self, h.what, h.expect);
-                        if code == ResultCode::Success && h.rcx == 0x830 && (h.rdx >> 8) & 7 == 1 {
-                            self.credit_lowest_priority(i, h.rdx);
-                        }
-                    }
-                    None => expect(self, "call of protocol 7", ResultCode::UnsupportedProtocol),
-                }
-            }
-            Call::TscDeadline(_) => expect(self, "IA32_TSC_DEADLINE write", ResultCode::Success),
-            Call::ReadWhenHandedBack => {
-                expect(
-                    self,
-                    "READ_REGISTER after the hand-back",
-                    ResultCode::UnsupportedProtocol,
-                );
-            }
-            Call::Configure(op) => self.complete_configure(i, op, res),
-        }
-    }
-
-    /// CONFIGURE against the VM-wide count (spec §5): register fails once
-    /// it is 0; a deregister that leaves 0 or a query that finds 0 hands
-    /// back the calling vCPU only; after that every call on it answers
-    /// UNSUPPORTED_PROTOCOL.
-    fn complete_configure(&mut self, i: usize, op: u64, res: CallResult) {
-        let deregistered = self.vcpus.get(i).is_some_and(|v| v.guest.deregistered);
-        let handed_back = self.vcpus.get(i).is_some_and(|v| v.handed_back);
-        let vm = self.vm_registrations;
-        let code = res.code;
-        let (want_code, want_rcx, new_count, hand_back) = match op {
-            _ if deregistered => (ResultCode::UnsupportedProtocol, None, vm, false),
-            configure::QUERY => (ResultCode::Success, Some(u64::from(vm)), vm, vm == 0),
-            configure::REGISTER if vm == 0 => (ResultCode::CannotRegister, None, 0, false),
-            configure::REGISTER => {
-                let c = vm.saturating_add(1);
-                (ResultCode::Success, Some(u64::from(c)), c, false)
-            }
-            configure::DEREGISTER => {
-                let c = vm.saturating_sub(1);
-                (ResultCode::Success, Some(u64::from(c)), c, c == 0)
-            }
-            _ => (ResultCode::InvalidParameter, None, vm, false),
-        };
-        if code != want_code || (want_rcx.is_some() && res.rcx != want_rcx) {
-            self.violation(
-                i,
-                format!(
-                    "CONFIGURE {op}: answered {code:?} rcx {:?}, want {want_code:?} rcx {want_rcx:?}",
-                    res.rcx
-                ),
-            );
-        }
-        self.stats.registration_calls = self.stats.registration_calls.saturating_add(1);
-        self.vm_registrations = new_count;
-        if hand_back && !handed_back {
-            self.violation(
-                i,
-                "count at 0 but the calling vCPU's APIC was not handed back to the host",
-            );
-        }
-        if let Some(v) = self.vcpus.get_mut(i) {
-            v.guest.registered = new_count;
-            if hand_back && !v.guest.deregistered {
-                v.guest.deregistered = true;
-                if self.profile.hostile_guest {
-                    v.guest.games_after_handback = 8;
-                }
-            }
-        }
-    }
-
-    /// A lowest-priority IPI the engine accepted (spec §6) reaches exactly
-    /// one target: the lowest APIC ID (= index here) among the others
-    /// whose APIC is enabled (all-excluding-self is the only destination
-    /// the hostile table uses).
-    fn credit_lowest_priority(&mut self, from: usize, icr: u64) {
-        // Lossless: masked to 8 bits.
-        let vector = (icr & 0xFF) as u8;
-        let target = (0..self.n()).find(|&j| {
-            j != from
-                && self
-                    .m
-                    .shared
-                    .get(j)
-                    .and_then(|s| s.address())
-                    .is_some_and(|a| a.mode != apic::ApicMode::Disabled)
-        });
-        if let Some(j) = target {
-            self.credit_ipi(from, Dest::Physical(j as u32), vector, false);
-        }
-    }
-
-    /// Credits the ledger of every vCPU an accepted IPI reaches (the
-    /// architecture's answer: present and enabled). A vCPU whose APIC was
-    /// handed back is credited too: the engine must forward the IPI to the
-    /// host, which delivers it (`host_forwarded_ipi`).
-    pub(crate) fn credit_ipi(&mut self, from: usize, dest: Dest, vector: u8, nmi: bool) {
-        let n = self.n();
-        let now = self.now;
-        let (lo, hi, skip) = match dest {
-            Dest::Physical(id) => {
-                let j = id as usize;
-                (j, j.saturating_add(1).min(n), usize::MAX)
-            }
-            Dest::AllButSelf => (0, n, from),
-            Dest::SelfIpi => (from, from.saturating_add(1).min(n), usize::MAX),
-        };
-        for j in lo..hi {
-            if j == skip {
-                continue;
-            }
-            let Some(v) = self.vcpus.get(j) else { continue };
-            if !v.created || v.stopped {
-                continue;
-            }
-            let handed_back = v.handed_back;
-            let credit = nmi || (v.guest.accepts_fixed() && vector >= 16);
-            if !credit {
-                continue;
-            }
-            if nmi {
-                if let Some(l) = self.ledgers.get_mut(j) {
-                    l.request_nmi(now);
-                }
-            } else {
-                let (snap_vector, ref before) = self.ipi_pending_before;
-                let pending = match before.get(j) {
-                    Some(p) if snap_vector == vector => *p,
-                    _ => crate::ledger::Pending::No,
-                };
-                self.request_vector(j, vector, pending);
-            }
-            if handed_back {
-                self.stats.ipis_to_handed_back = self.stats.ipis_to_handed_back.saturating_add(1);
-                // The engine forwarded it to the host during this call
-                // (its post found the mailbox closed).
-                let want = (j, if nmi { 0 } else { vector }, nmi);
-                match self.forwarded.iter().position(|f| *f == want) {
-                    Some(k) => {
-                        self.forwarded.swap_remove(k);
-                    }
-                    None => self.violation(
-                        from,
-                        format!("IPI to handed-back vCPU {j} not forwarded to the host"),
-                    ),
-                }
-            }
-        }
     }
 
     /// vCPU `i`'s run ended and its APIC belongs to the host: the host

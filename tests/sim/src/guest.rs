@@ -49,6 +49,8 @@ pub enum SetupStep {
     TimerInitial,
     /// IA32_TSC_DEADLINE = now + the period (TSC-deadline mode).
     TscDeadline,
+    /// APIC_BASE: EN (disabled -> xAPIC, after an APIC disable).
+    XapicEnable,
 }
 
 /// An IPI destination as the guest chose it.
@@ -88,6 +90,8 @@ pub enum Call {
     ReadWhenHandedBack,
     /// WRITE_REGISTER IA32_TSC_DEADLINE (re-arm or rewrite).
     TscDeadline(u64),
+    /// APIC_BASE with EN = 0 (`apic-disable`).
+    ApicDisable,
 }
 
 /// An illegal or odd protocol call and its architected answer (spec §5, §6).
@@ -377,6 +381,11 @@ pub struct Guest {
     pub deregistered: bool,
     /// Post-hand-back registration games left (hostile guest).
     pub games_after_handback: u8,
+    /// Hand-backs whose disable-AI call failed (`handback-fail`).
+    pub handback_failures: u8,
+    /// Handler frames (innermost depth) taken before an APIC disable: they
+    /// end without an EOI (the APIC that would take it is gone).
+    pub stale_frames: usize,
 }
 
 impl Guest {
@@ -429,6 +438,8 @@ impl Guest {
             deregister_step,
             deregistered: false,
             games_after_handback: 0,
+            handback_failures: 0,
+            stale_frames: 0,
         }
     }
 

@@ -10,15 +10,10 @@
 //! KVM. In hostile mode it misbehaves (see `docs/simulator.md`).
 
 use alloc::{format, vec, vec::Vec};
-use core::sync::atomic::Ordering;
 
-use apic::{LocalApic, RequestOutcome, Trigger, VectorSet};
-use doorbell::DescriptorStatus;
-use kernel::platform::DisableAiRequest;
-use vmsa::rules::{self, Reinjection, VirqOutcome};
-use vmsa::{EventType, SevFeatures, VmsaAccess};
+use apic::{RequestOutcome, Trigger};
 
-use crate::guest::{DEVICE_VECTORS, Dest, TIMER_VECTOR};
+use crate::guest::{DEVICE_VECTORS, TIMER_VECTOR};
 use crate::platform::Effect;
 use crate::world::{GUEST_VMPL, NEVER, Sim};
 
@@ -166,7 +161,7 @@ impl Sim {
 
     /// The host got the EOI of level `vector` from vCPU `j`: exactly one
     /// per presentation; a still-asserted line is presented again.
-    fn line_eoi(&mut self, j: usize, vector: u8) {
+    pub(crate) fn line_eoi(&mut self, j: usize, vector: u8) {
         let Some(k) = self
             .lines
             .iter()
@@ -192,7 +187,9 @@ impl Sim {
                 return;
             }
         };
-        if again {
+        // A target that accepts nothing now (its APIC disabled) gets the
+        // line again from `line_step` once it does.
+        if again && self.host_target_ok(j) {
             self.post_line(k);
         }
     }
@@ -237,7 +234,7 @@ impl Sim {
         self.stats.device_interrupts = self.stats.device_interrupts.saturating_add(count);
     }
 
-    fn notify_any(&mut self, j: usize) {
+    pub(crate) fn notify_any(&mut self, j: usize) {
         if self.vcpus.get(j).is_some_and(|v| v.handed_back) {
             self.wake(j);
         } else {
@@ -265,7 +262,7 @@ impl Sim {
 
     /// The host posts edge `vector` for vCPU `j` (doorbell, or its own APIC
     /// after the hand-back) and credits the ledger when the APIC takes it.
-    fn host_post_edge(&mut self, j: usize, vector: u8) {
+    pub(crate) fn host_post_edge(&mut self, j: usize, vector: u8) {
         let now = self.now;
         let handed_back = self.vcpus.get(j).is_some_and(|v| v.handed_back);
         let pending = self.vector_pending(j, vector);
@@ -285,7 +282,7 @@ impl Sim {
         let _ = now;
     }
 
-    fn host_post_nmi(&mut self, j: usize) {
+    pub(crate) fn host_post_nmi(&mut self, j: usize) {
         let now = self.now;
         let handed_back = self.vcpus.get(j).is_some_and(|v| v.handed_back);
         let ok = if handed_back {
@@ -341,145 +338,6 @@ impl Sim {
         posted
     }
 
-    /// One hostile act of the hypervisor.
-    pub(crate) fn hostile_step(&mut self) {
-        let now = self.now;
-        self.hostile_next = if self.draining {
-            NEVER
-        } else {
-            now.saturating_add(self.rng.range(20_000, 300_000))
-        };
-        if self.draining {
-            return;
-        }
-        let j = self.rng.index(self.n());
-        if !self.host_target_ok(j) || self.vcpus.get(j).is_some_and(|v| v.handed_back) {
-            return;
-        }
-        self.stats.hostile_acts = self.stats.hostile_acts.saturating_add(1);
-        let Some(page) = self.m.doorbells.get(j) else {
-            return;
-        };
-        let Ok(desc) = page.descriptor(GUEST_VMPL) else {
-            return;
-        };
-        let illegal = self.rng.range(1, 30) as u32;
-        match self.rng.below(13) {
-            0 => {
-                // An illegal vector (1-30) in the status byte.
-                let cur = desc.status.load(Ordering::Acquire);
-                if cur & 0xFF == 0 && cur & DescriptorStatus::LEVEL == 0 {
-                    desc.status.fetch_or(illegal, Ordering::AcqRel);
-                    page.per_vmpl_events.fetch_or(1 << 1, Ordering::AcqRel);
-                    self.stats.hostile_illegal = self.stats.hostile_illegal.saturating_add(1);
-                }
-                self.host_notify(j);
-            }
-            1 => {
-                // A level presentation of an illegal vector.
-                let cur = desc.status.load(Ordering::Acquire);
-                if cur & 0xFF == 0 && cur & DescriptorStatus::LEVEL == 0 {
-                    desc.status
-                        .fetch_or(illegal | DescriptorStatus::LEVEL, Ordering::AcqRel);
-                    self.stats.hostile_illegal = self.stats.hostile_illegal.saturating_add(1);
-                }
-                self.host_notify(j);
-            }
-            2 => {
-                // Spurious #HV: NoFurtherSignal raised, nothing posted.
-                if page.host().raise_no_further_signal()
-                    && let Some(v) = self.vcpus.get_mut(j)
-                {
-                    v.hv_signalled = true;
-                }
-                self.stats.hostile_spurious_hv = self.stats.hostile_spurious_hv.saturating_add(1);
-                self.wake(j);
-            }
-            3 => {
-                // Events for VMPLs that do not exist.
-                page.per_vmpl_events.fetch_or(0xF8, Ordering::AcqRel);
-                for vmpl in [0u8, 4, 7] {
-                    if page.host().post_vector(vmpl, 0x55).is_err() {
-                        self.stats.host_refused_posts =
-                            self.stats.host_refused_posts.saturating_add(1);
-                    }
-                }
-                self.stats.hostile_bad_vmpl = self.stats.hostile_bad_vmpl.saturating_add(1);
-                self.host_notify(j);
-            }
-            4 => {
-                // Posts for VMPL1 / VMPL3, where no guest runs.
-                let vmpl = if self.rng.chance(500_000) { 1 } else { 3 };
-                let _ = page.host().post_vector(vmpl, 0x55);
-                self.stats.hostile_bad_vmpl = self.stats.hostile_bad_vmpl.saturating_add(1);
-                self.host_notify(j);
-            }
-            5 => {
-                // A flood: many vectors at once.
-                let count = self.rng.range(32, 224);
-                for _ in 0..count {
-                    let vector = self.rng.range(31, 255) as u8;
-                    if vector == TIMER_VECTOR || vector == 0x61 || vector == 0x92 {
-                        continue;
-                    }
-                    self.host_post_edge(j, vector);
-                }
-                self.stats.hostile_floods = self.stats.hostile_floods.saturating_add(1);
-                self.host_notify(j);
-            }
-            6 => {
-                // Garbage in VMPL0's own vector byte.
-                page.vector.store(illegal as u8, Ordering::Release);
-                self.host_notify(j);
-            }
-            7 => {
-                // Reserved status bits.
-                desc.status.fetch_or(0x7000_3800, Ordering::AcqRel);
-                self.host_notify(j);
-            }
-            8 => {
-                self.host_post_nmi(j);
-                self.host_notify(j);
-            }
-            9 => {
-                if self.host_post_mc(j) {
-                    self.stats.hostile_mc = self.stats.hostile_mc.saturating_add(1);
-                }
-            }
-            10 => {
-                let _ = page.host().post_ipi_requested(GUEST_VMPL);
-                self.host_notify(j);
-            }
-            11 => {
-                // NoFurtherSignal never cleared (for a while).
-                self.nfs_stuck = !self.nfs_stuck;
-                self.stats.hostile_nfs_phases = self.stats.hostile_nfs_phases.saturating_add(1);
-            }
-            _ => {
-                // The next #HV IPI calls fail.
-                let n = self.rng.range(1, 3) as u32;
-                self.m.platform.fail_hv_ipi.set(n);
-            }
-        }
-    }
-
-    /// Between VMPL0's #HV read and its `before_run` read the host changes
-    /// the page: garbage per-VMPL bits and VMPL0 byte, and a new post.
-    pub(crate) fn hostile_between_reads(&mut self, i: usize) {
-        self.stats.hostile_races = self.stats.hostile_races.saturating_add(1);
-        let illegal = self.rng.range(1, 30) as u8;
-        if let Some(page) = self.m.doorbells.get(i) {
-            page.per_vmpl_events.fetch_or(0x10, Ordering::AcqRel);
-            let _ = page
-                .vector
-                .compare_exchange(0, illegal, Ordering::AcqRel, Ordering::Acquire);
-        }
-        if self.host_target_ok(i) {
-            let vector = self.rng.pick(&DEVICE_VECTORS, 0x31);
-            self.host_post_edge(i, vector);
-        }
-    }
-
     /// One GHCB call of an engine, as the hypervisor answers it.
     pub(crate) fn apply_effect(&mut self, effect: Effect) {
         match effect {
@@ -503,7 +361,7 @@ impl Sim {
 
     /// The host delivers one kick (the notification vector) to `target`'s
     /// VMPL0.
-    fn host_kick(&mut self, from: usize, target: usize, vector: u8) {
+    pub(crate) fn host_kick(&mut self, from: usize, target: usize, vector: u8) {
         self.stats.kicks_seen = self.stats.kicks_seen.saturating_add(1);
         if self.profile.hostile_hv && !self.draining && self.rng.chance(100_000) {
             self.stats.kicks_lost = self.stats.kicks_lost.saturating_add(1);
@@ -568,284 +426,8 @@ impl Sim {
         }
         self.wake(target);
     }
-
-    /// Disable-AI: the host takes vCPU `j`'s APIC from the descriptor the
-    /// engine wrote back and emulates it from now on.
-    fn host_takeover(&mut self, j: usize, request: DisableAiRequest) {
-        if request.vmpl != GUEST_VMPL {
-            self.violation(j, format!("disable-AI for VMPL {}", request.vmpl));
-        }
-        let mut irr = VectorSet::EMPTY;
-        let mut isr = VectorSet::EMPTY;
-        let mut nmi = false;
-        let mut mc = false;
-        if let Some(desc) = self
-            .m
-            .doorbells
-            .get(j)
-            .and_then(|p| p.descriptor(GUEST_VMPL).ok())
-        {
-            let status = DescriptorStatus::from_bits(desc.status.swap(0, Ordering::AcqRel));
-            let vector = status.pending_vector();
-            if vector >= 31 {
-                irr.insert(vector);
-            }
-            if status.vector_31() {
-                irr.insert(31);
-            }
-            nmi = status.nmi_pending();
-            // A machine check handed back (status bit 9, spec §3) is the
-            // host's to inject now.
-            mc = status.mc_pending();
-            let mut words = [0u32; 8];
-            for (w, a) in words.iter_mut().skip(1).zip(desc.irr.iter()) {
-                *w = a.swap(0, Ordering::AcqRel);
-            }
-            irr = irr.union(&VectorSet::from_words(words));
-            let mut iwords = [0u32; 8];
-            for (w, a) in iwords.iter_mut().zip(desc.isr.iter()) {
-                *w = a.swap(0, Ordering::AcqRel);
-            }
-            isr = VectorSet::from_words(iwords);
-        }
-        let mut tmr = VectorSet::EMPTY;
-        for line in &self.lines {
-            if line.target == j && line.outstanding {
-                tmr.insert(line.vector);
-            }
-        }
-        let config = crate::world::engine_config(j).apic;
-        let mut state = LocalApic::new(config).save();
-        state.apic_base = apic::APIC_DEFAULT_BASE
-            | apic::APIC_BASE_EN
-            | apic::APIC_BASE_EXTD
-            | if j == 0 { apic::APIC_BASE_BSP } else { 0 };
-        state.svr = 0x1FF;
-        state.tpr = request.tpr;
-        state.irr = irr;
-        state.isr = isr;
-        state.tmr = tmr;
-        let mut host_apic = LocalApic::restore(&state);
-        let timer_on = self.vcpus.get(j).is_some_and(|v| v.guest.timer_on);
-        if timer_on && let Some(period) = self.profile.timer_period {
-            let now = self.now;
-            let _ = host_apic.write_msr(apic::MSR_TIMER_DIVIDE, 0xB, now);
-            let _ = host_apic.write_msr(
-                apic::MSR_LVT_TIMER,
-                (1 << 17) | u64::from(TIMER_VECTOR),
-                now,
-            );
-            let _ = host_apic.write_msr(apic::MSR_TIMER_INITIAL, period, now);
-        }
-        if let Some(vmsa) = self.m.vmsas.get_mut(j) {
-            let features = vmsa.sev_features();
-            if self.config.host_clears_ai {
-                vmsa.set_sev_features(features.difference(SevFeatures::ALTERNATE_INJECTION));
-            }
-            if self.config.sabotage == Some(crate::world::Sabotage::KeepAlternateInjection) {
-                vmsa.set_sev_features(features.union(SevFeatures::ALTERNATE_INJECTION));
-            }
-        }
-        if let Some(v) = self.vcpus.get_mut(j) {
-            v.handed_back = true;
-            v.host_apic = Some(host_apic);
-            v.host_nmi |= nmi;
-            v.host_mc |= mc;
-        }
-        self.stats.handbacks = self.stats.handbacks.saturating_add(1);
-        let now = self.now;
-        if let Some(t) = self.trace.as_mut() {
-            t.instant(j, now, "APIC handed back to the host", "");
-        }
-    }
-
-    /// KVM's injection into the guest after a hand-back (its own APIC).
-    ///
-    /// Only while SEV_FEATURES.AlternateInjection is clear in the guest
-    /// VMSA: with it set the hardware takes event injection from fields only
-    /// VMPL0 writes (spec §1, §2), so the host cannot inject at all. A host
-    /// interrupt pending then can never reach the guest: a violation, not
-    /// a silent wait (the hand-back must clear the bit, spec §5).
-    pub(crate) fn kvm_present(&mut self, i: usize) {
-        let ai = self
-            .m
-            .vmsas
-            .get(i)
-            .is_some_and(|v| v.sev_features().contains(SevFeatures::ALTERNATE_INJECTION));
-        if ai {
-            let pending = self.vcpus.get(i).is_some_and(|v| {
-                v.host_nmi
-                    || v.host_mc
-                    || v.host_apic
-                        .as_ref()
-                        .is_some_and(|a| a.irr().highest().is_some())
-            });
-            let first = self.vcpus.get(i).is_some_and(|v| !v.ai_stuck_reported);
-            if pending && first {
-                if let Some(v) = self.vcpus.get_mut(i) {
-                    v.ai_stuck_reported = true;
-                }
-                self.violation(
-                    i,
-                    "host interrupt pending after the hand-back, but AlternateInjection is still set in the VMSA: the host can never inject it",
-                );
-            }
-            return;
-        }
-        let Some(vmsa) = self.m.vmsas.get_mut(i) else {
-            return;
-        };
-        let Some(v) = self.vcpus.get_mut(i) else {
-            return;
-        };
-        let Some(host_apic) = v.host_apic.as_mut() else {
-            return;
-        };
-        if v.host_mc && !vmsa.event_inj().valid() {
-            vmsa.set_event_inj(vmsa::EventInj::exception(18, None));
-            v.host_mc = false;
-        }
-        let ctrl = vmsa.vintr_ctrl();
-        if v.host_nmi && !ctrl.v_nmi() {
-            vmsa.set_vintr_ctrl(ctrl.with_v_nmi(true));
-            v.host_nmi = false;
-            v.kvm_vnmi = true;
-        }
-        rules::set_v_tpr(vmsa, host_apic.tpr() >> 4);
-        if let Some(vector) = host_apic.highest_deliverable() {
-            if rules::can_take_interrupt(vmsa) {
-                if rules::inject_interrupt(vmsa, vector).is_ok() {
-                    host_apic.acknowledge(vector);
-                    v.kvm_eventinj = Some(vector);
-                }
-            } else if !vmsa.vintr_ctrl().v_irq() && rules::queue_v_irq(vmsa, vector).is_ok() {
-                v.kvm_virq = Some(vector);
-            }
-        } else if let Some(vector) = host_apic.irr().highest() {
-            // Blocked only by TPR: queued in V_IRQ with V_INTR_PRIO = its
-            // class, so the hardware's V_TPR comparison delivers it when the
-            // guest lowers CR8 (AMD APM vol. 2 §15.21.4). Real KVM gets the
-            // same effect from its CR8-write intercept; without either the
-            // vector would wait for an unrelated exit.
-            let in_service = host_apic.isr().highest().unwrap_or(0);
-            if vector & 0xF0 > in_service & 0xF0
-                && !vmsa.vintr_ctrl().v_irq()
-                && rules::queue_v_irq(vmsa, vector).is_ok()
-            {
-                v.kvm_virq = Some(vector);
-            }
-        }
-    }
-
-    /// KVM resolves a run of a handed-back vCPU.
-    pub(crate) fn kvm_resolve(&mut self, i: usize) {
-        let Some(vmsa) = self.m.vmsas.get_mut(i) else {
-            return;
-        };
-        let Some(v) = self.vcpus.get_mut(i) else {
-            return;
-        };
-        let Some(host_apic) = v.host_apic.as_mut() else {
-            return;
-        };
-        v.virq_taken = None;
-        let ctrl = vmsa.vintr_ctrl();
-        let out = rules::take_undelivered(vmsa);
-        if let Some(vector) = v.kvm_eventinj.take()
-            && out.undelivered_event.is_some()
-        {
-            host_apic.unacknowledge(vector);
-        }
-        if out
-            .undelivered_event
-            .is_some_and(|e| e.event_type() == EventType::Exception && e.vector() == 18)
-        {
-            v.host_mc = true;
-        }
-        if let VirqOutcome::Taken(vector) = out.v_irq
-            && v.kvm_virq == Some(vector)
-        {
-            host_apic.acknowledge(vector);
-        }
-        v.kvm_virq = None;
-        if let Reinjection::Reinjected { event, .. } = rules::reinject_exit_int_info(vmsa)
-            && event.event_type() == EventType::Intr
-        {
-            v.kvm_eventinj = Some(event.vector());
-        }
-        if v.kvm_vnmi && !ctrl.v_nmi() {
-            v.kvm_vnmi = false;
-        }
-        host_apic.set_tpr((ctrl.v_tpr() & 0xF) << 4);
-    }
-
-    /// A host exit of a handed-back vCPU: like KVM at every exit, first
-    /// account for a V_IRQ the guest took during the run (IRR -> ISR).
-    fn kvm_sync_virq(&mut self, i: usize) {
-        let Some(vmsa) = self.m.vmsas.get_mut(i) else {
-            return;
-        };
-        let Some(v) = self.vcpus.get_mut(i) else {
-            return;
-        };
-        let Some(host_apic) = v.host_apic.as_mut() else {
-            return;
-        };
-        if let Some(vector) = v.kvm_virq
-            && !vmsa.vintr_ctrl().v_irq()
-        {
-            let ctrl = vmsa.vintr_ctrl();
-            vmsa.set_vintr_ctrl(ctrl.with_v_intr_vector(0).with_v_intr_prio(0));
-            host_apic.acknowledge(vector);
-            v.kvm_virq = None;
-            v.virq_taken = None;
-        }
-    }
-
-    /// The guest's EOI after the hand-back: to the host's APIC.
-    pub(crate) fn host_eoi(&mut self, i: usize) {
-        self.stats.host_exits = self.stats.host_exits.saturating_add(1);
-        self.kvm_sync_virq(i);
-        let info = self
-            .vcpus
-            .get_mut(i)
-            .and_then(|v| v.host_apic.as_mut())
-            .and_then(LocalApic::eoi);
-        if let Some(info) = info
-            && info.level
-        {
-            self.line_eoi(i, info.vector);
-        }
-    }
-
-    /// A handed-back guest's IPI, routed by the host.
-    pub(crate) fn host_route_ipi(&mut self, from: usize, dest: Dest, vector: u8, nmi: bool) {
-        self.stats.host_exits = self.stats.host_exits.saturating_add(1);
-        self.kvm_sync_virq(from);
-        self.stats.guest_ipis = self.stats.guest_ipis.saturating_add(1);
-        let n = self.n();
-        let targets: Vec<usize> = match dest {
-            Dest::Physical(id) => vec![id as usize],
-            Dest::AllButSelf => (0..n).filter(|j| *j != from).collect(),
-            Dest::SelfIpi => vec![from],
-        };
-        for j in targets {
-            if !self.vcpus.get(j).is_some_and(|v| v.created && !v.stopped) {
-                continue;
-            }
-            if nmi {
-                self.host_post_nmi(j);
-            } else if self.vcpus.get(j).is_some_and(|v| v.handed_back) || self.host_target_ok(j) {
-                self.host_post_edge(j, vector);
-            }
-            self.notify_any(j);
-        }
-    }
 }
 
-/// Whether an #HV IPI's ICR forwards a guest IPI (any vector but the
-/// notification vector, or NMI delivery) rather than kicking the target's
-/// VMPL0: the host tells them apart by vector (`kernel::platform::forward_icr`).
 /// The vCPUs (host APIC ID = index) a kick's x2APIC ICR reaches, as the
 /// host's APIC emulation routes it (Intel SDM vol. 3A §11.6.1, §11.12.10):
 /// shorthand (bits 19:18), logical cluster `ID[19:4]` with member bit
@@ -868,6 +450,9 @@ fn kick_targets(from: usize, icr: u64, vcpus: usize) -> Vec<usize> {
     }
 }
 
+/// Whether an #HV IPI's ICR forwards a guest IPI (any vector but the
+/// notification vector, or NMI delivery) rather than kicking the target's
+/// VMPL0: the host tells them apart by vector (`kernel::platform::forward_icr`).
 fn is_forward(icr: u64) -> bool {
     let nmi = (icr >> 8) & 0b111 == 0b100;
     nmi || icr as u8 != kernel::platform::DEFAULT_NOTIFICATION_VECTOR

@@ -95,6 +95,8 @@ pub struct Ledger {
     pub latency_sum: u64,
     /// Deliveries that covered a request.
     pub latency_count: u64,
+    /// Owed instances discarded by an APIC reset ([`Ledger::discard_at_reset`]).
+    pub discarded: u64,
 }
 
 impl Default for Ledger {
@@ -119,6 +121,7 @@ impl Ledger {
             max_latency_of: (0, 0),
             latency_sum: 0,
             latency_count: 0,
+            discarded: 0,
         }
     }
 
@@ -292,6 +295,34 @@ impl Ledger {
             out.push((18, self.mc.last_request));
         }
         out
+    }
+
+    /// One more delivery of `vector` is allowed but not owed (a request
+    /// whose acceptance depends on an order nobody can observe).
+    pub fn allow_one(&mut self, vector: u8) {
+        if let Some(optional) = self.optional.get_mut(usize::from(vector)) {
+            *optional = true;
+        }
+    }
+
+    /// The APIC was reset (APIC_BASE EN = 0, or the vCPU's INIT): every
+    /// owed vector instance is an architected discard, not a loss (Intel
+    /// SDM vol. 3A §11.4.3: disabling clears IRR and ISR; §11.4.7.3 INIT).
+    /// Delivered instances were debited already, so only undelivered ones
+    /// go: those in IRR, and those still in what feeds it (mailbox,
+    /// doorbell page), which real hardware would have put in IRR at
+    /// acceptance. Returns how many were discarded. NMI and #MC are kept.
+    pub fn discard_at_reset(&mut self) -> u64 {
+        let mut n = 0u64;
+        for owed in &mut self.vectors {
+            n = n.saturating_add(owed.len() as u64);
+            owed.clear();
+        }
+        for optional in &mut self.optional {
+            *optional = false;
+        }
+        self.discarded = self.discarded.saturating_add(n);
+        n
     }
 
     /// Whether anything is still owed.

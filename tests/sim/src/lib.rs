@@ -22,13 +22,21 @@
 
 extern crate alloc;
 
+pub mod apic_disable;
+pub mod config;
 pub mod cpu;
 pub mod fuzzing;
 pub mod guest;
+pub mod guest_calls;
+pub mod guest_ops;
+pub mod handback_fail;
 pub mod host;
+pub mod hostile_host;
 pub mod instances;
+pub mod kvm;
 pub mod ledger;
 pub mod platform;
+pub mod recreate;
 pub mod report;
 pub mod rng;
 pub mod scenario;

@@ -50,6 +50,10 @@ pub struct SimPlatform {
     pub has_timer: bool,
     /// Fail the next #HV IPI calls (hostile host), as a countdown.
     pub fail_hv_ipi: Cell<u32>,
+    /// Fail the next disable-AI call (`handback-fail`, issue 9 path 5).
+    pub fail_disable_ai: Cell<bool>,
+    /// Disable-AI calls that failed.
+    pub disable_ai_failures: Cell<u64>,
 }
 
 impl SimPlatform {
@@ -62,6 +66,8 @@ impl SimPlatform {
             effects: RefCell::new(Vec::with_capacity(256)),
             has_timer: true,
             fail_hv_ipi: Cell::new(0),
+            fail_disable_ai: Cell::new(false),
+            disable_ai_failures: Cell::new(0),
         }
     }
 
@@ -96,6 +102,11 @@ impl Platform for SimPlatform {
     }
 
     fn disable_alternate_injection(&self, request: DisableAiRequest) -> Result<(), PlatformError> {
+        if self.fail_disable_ai.replace(false) {
+            self.disable_ai_failures
+                .set(self.disable_ai_failures.get().saturating_add(1));
+            return Err(PlatformError::UNSPECIFIED);
+        }
         self.push(Effect::DisableAi {
             from: self.current.get(),
             request,

@@ -69,6 +69,12 @@ pub struct Stats {
     pub host_nmis: u64,
     pub timer_expiries: u64,
     pub handbacks: u64,
+    pub disable_ai_failed: u64,
+    pub engines_recreated: u64,
+    pub split_posts: u64,
+    pub apic_disables: u64,
+    pub discarded_at_reset: u64,
+    pub disable_level_eois: u64,
     pub host_refused_posts: u64,
     // Hardware.
     pub cut_deliveries: u64,
@@ -313,6 +319,20 @@ impl Stats {
             self.engine.busy_repairs.to_string(),
         );
         row("APIC hand-backs", self.handbacks.to_string());
+        row(
+            "failed disable-AI / engines re-created / posts split by a reopen",
+            format!(
+                "{} / {} / {}",
+                self.disable_ai_failed, self.engines_recreated, self.split_posts
+            ),
+        );
+        row(
+            "guest APIC disables / their level EOIs / instances discarded by APIC resets",
+            format!(
+                "{} / {} / {}",
+                self.apic_disables, self.disable_level_eois, self.discarded_at_reset
+            ),
+        );
         row(
             "host entries / host exits (handed back)",
             format!("{} / {}", self.host_entries, self.host_exits),

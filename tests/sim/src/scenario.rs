@@ -33,11 +33,17 @@ pub enum Scenario {
     HandbackDue,
     /// Level lines whose vectors edge devices also request.
     LevelEdge,
+    /// Hand-backs whose disable-AI call fails now and then.
+    HandbackFail,
+    /// Engines re-created for handed-back vCPUs while others post to them.
+    Recreate,
+    /// Guests disable their APIC with host level vectors in flight.
+    ApicDisable,
 }
 
 impl Scenario {
     /// Every scenario, in the order `make test` runs them.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::IdleTimer,
         Scenario::IpiStorm,
         Scenario::DeviceLevel,
@@ -49,6 +55,9 @@ impl Scenario {
         Scenario::TscDeadline,
         Scenario::HandbackDue,
         Scenario::LevelEdge,
+        Scenario::HandbackFail,
+        Scenario::Recreate,
+        Scenario::ApicDisable,
     ];
 
     /// The command-line name.
@@ -65,6 +74,9 @@ impl Scenario {
             Scenario::TscDeadline => "tsc-deadline",
             Scenario::HandbackDue => "handback-due",
             Scenario::LevelEdge => "level-edge",
+            Scenario::HandbackFail => "handback-fail",
+            Scenario::Recreate => "recreate",
+            Scenario::ApicDisable => "apic-disable",
         }
     }
 
@@ -187,6 +199,54 @@ impl Scenario {
                 exit_in_delivery: 40_000,
                 ..base
             },
+            // Issue 9 path 5: half the disable-AI calls fail; guests make
+            // the call that reaches 0 from inside an interrupt handler (so
+            // the writeback has ISR words) and retry with DEREGISTER or
+            // QUERY after the handler's EOI.
+            Scenario::HandbackFail => Profile {
+                timer_period: Some(1_000_000),
+                busy_work: 300_000,
+                ipi_per_run: 60_000,
+                ipi_burst: 2,
+                level_lines: true,
+                edge_device_gap: Some(500_000),
+                exit_in_delivery: 40_000,
+                deregister: true,
+                deregister_in_handler: true,
+                disable_ai_fail: 500_000,
+                ..base
+            },
+            // Issue 9 path 7: every guest deregisters; 0.5-1.5 ms after its
+            // hand-back the SVSM creates the vCPU's engine again (the vCPU
+            // restarts, module doc of `recreate.rs`) while the others keep
+            // sending it IPIs, one of them preempted inside its post across
+            // the mailbox's reopen.
+            Scenario::Recreate => Profile {
+                timer_period: Some(1_000_000),
+                busy_work: 300_000,
+                ipi_per_run: 250_000,
+                ipi_burst: 4,
+                ipi_broadcast: 100_000,
+                edge_device_gap: Some(500_000),
+                deregister: true,
+                recreate_after: Some(500_000),
+                ..base
+            },
+            // Issue 9 path 10: guests write APIC_BASE EN=0 (often from
+            // inside a handler of a host level vector, while others are in
+            // IRR), then enable the APIC again and redo their set-up.
+            Scenario::ApicDisable => Profile {
+                timer_period: Some(1_000_000),
+                busy_work: 300_000,
+                ipi_per_run: 60_000,
+                ipi_burst: 2,
+                level_lines: true,
+                edge_device_gap: Some(200_000),
+                edge_on_level_vectors: true,
+                exit_in_delivery: 40_000,
+                apic_disable: 2_000,
+                ..base
+            },
         }
     }
 }
@@ -267,6 +327,17 @@ pub struct Profile {
     /// The host posts a #MC as a delivery is cut: VMPL0 collects it while
     /// EVENTINJ is taken by the re-injected event, so it waits a run.
     pub mc_at_cut: bool,
+    /// Guests make their deregistration from inside an interrupt handler
+    /// when one is running (the hand-back's writeback then has ISR words).
+    pub deregister_in_handler: bool,
+    /// Probability that a disable-AI call fails.
+    pub disable_ai_fail: u32,
+    /// Mean delay after a hand-back before the SVSM creates the vCPU's
+    /// engine again (`None`: never).
+    pub recreate_after: Option<u64>,
+    /// Probability per guest operation (also inside a handler) that the
+    /// guest disables its APIC (APIC_BASE EN=0) and then enables it again.
+    pub apic_disable: u32,
 }
 
 impl Default for Profile {
@@ -294,6 +365,10 @@ impl Default for Profile {
             mc_per_device: 0,
             edge_on_level_vectors: false,
             mc_at_cut: false,
+            deregister_in_handler: false,
+            disable_ai_fail: 0,
+            recreate_after: None,
+            apic_disable: 0,
         }
     }
 }

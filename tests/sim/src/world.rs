@@ -25,7 +25,7 @@ use crate::ledger::Ledger;
 use crate::platform::SimPlatform;
 use crate::report::Stats;
 use crate::rng::Rng;
-use crate::scenario::{Profile, Scenario};
+use crate::scenario::Profile;
 use crate::trace::Trace;
 
 /// The guest's VMPL (spec §1: normally VMPL2).
@@ -55,78 +55,20 @@ pub fn engine_config(i: usize) -> EngineConfig {
     }
 }
 
-/// How one simulation is set up.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// The scenario.
-    pub scenario: Scenario,
-    /// Number of vCPUs (1..=512).
-    pub vcpus: usize,
-    /// Seed of the one random generator.
-    pub seed: u64,
-    /// Scheduler steps of the main phase (a drain phase follows).
-    pub steps: u64,
-    /// Record a trace (see [`Trace`]).
-    pub trace: bool,
-    /// Show a progress bar (only honoured on a terminal).
-    pub progress: bool,
-    /// Leave INTR vectors 0-31 out of the garbage EXITINTINFO values.
-    pub no_forged_intr: bool,
-    /// A deliberate fault in the hardware model, to show the checks catch
-    /// it (tests only).
-    pub sabotage: Option<Sabotage>,
-    /// Test-only stand-in for the fix of issue 9 path 1: the host model
-    /// clears SEV_FEATURES.AlternateInjection itself when disable-AI
-    /// succeeds, so the other hand-back checks can be seen on an engine
-    /// that leaves it set.
-    pub host_clears_ai: bool,
+/// A new guest VMSA as the SVSM creates it: AlternateInjection on, vNMI.
+pub fn fresh_vmsa(profile: &Profile) -> VmsaPage {
+    let mut page = VmsaPage::new();
+    let rflags = if profile.boot_xapic { 2 } else { RFLAGS_IF | 2 };
+    page.set_rflags(rflags);
+    page.set_efer(EFER_SVME);
+    page.set_sev_features(SevFeatures::from_bits_retain(1 << 4));
+    // vNMI is on (AMD APM vol. 2 §15.21.10): hardware tracks the
+    // guest's NMI masking in V_NMI_MASK.
+    page.set_vintr_ctrl(VIntrCtrl::new().with_v_nmi_enable(true).with_vgif(true));
+    page
 }
 
-/// Deliberate hardware-model faults for the checker's own tests.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Sabotage {
-    /// Now and then an EVENTINJ interrupt is consumed but never delivered.
-    DropEventInj,
-    /// Now and then an EVENTINJ interrupt is delivered twice.
-    DoubleDeliver,
-    /// V_IRQ is taken without comparing V_INTR_PRIO with V_TPR.
-    IgnoreVTpr,
-    /// BUSY is left set at some VMRUNs VMPL0 asked for.
-    BusyAtVmrun,
-    /// VMPL0 writes EVENTINJ back after `before_run` cleared BUSY, as an
-    /// engine that edits a runnable VMSA would (BUSY audit).
-    WriteAfterBusyClear,
-    /// The hand-back leaves SEV_FEATURES.AlternateInjection set, as issue 9
-    /// path 1 did (the host model's check).
-    KeepAlternateInjection,
-}
-
-impl Config {
-    /// `scenario` on `vcpus` vCPUs from `seed` for `steps` steps, no trace,
-    /// no progress bar, every hostile behaviour of the scenario on.
-    pub fn new(scenario: Scenario, vcpus: usize, seed: u64, steps: u64) -> Self {
-        Self {
-            scenario,
-            vcpus,
-            seed,
-            steps,
-            trace: false,
-            progress: false,
-            no_forged_intr: false,
-            sabotage: None,
-            host_clears_ai: false,
-        }
-    }
-
-    /// The table's title: `SCENARIO (N vCPUs, seed S, K steps)`, as the CLI
-    /// and the test image's demo print it.
-    pub fn title(&self) -> String {
-        format!(
-            "{} ({} vCPUs, seed {}, {} steps)",
-            self.scenario, self.vcpus, self.seed, self.steps
-        )
-    }
-}
+pub use crate::config::{Config, Sabotage};
 
 /// The pages and engines the real SVSM would own.
 pub struct Machine {
@@ -230,6 +172,12 @@ pub struct Vcpu {
     pub busy_streak: u8,
     /// Kicks delivered since the engine last drained the mailbox.
     pub kicks_in_batch: u32,
+    /// When the SVSM creates this handed-back vCPU's engine again
+    /// (`recreate.rs`; [`NEVER`]: not planned).
+    pub recreate_at: u64,
+    /// A post to this vCPU split across its mailbox's reopen, as (sender,
+    /// vector): its second half runs once the restarted guest has booted.
+    pub split_post: Option<(usize, u8)>,
     /// The guest model.
     pub guest: Guest,
 }
@@ -312,18 +260,7 @@ impl Sim {
             profile.forged_low_intr = false;
         }
         let mut rng = Rng::new(config.seed);
-        let mut vmsas = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut page = VmsaPage::new();
-            let rflags = if profile.boot_xapic { 2 } else { RFLAGS_IF | 2 };
-            page.set_rflags(rflags);
-            page.set_efer(EFER_SVME);
-            page.set_sev_features(SevFeatures::from_bits_retain(1 << 4));
-            // vNMI is on (AMD APM vol. 2 §15.21.10): hardware tracks the
-            // guest's NMI masking in V_NMI_MASK.
-            page.set_vintr_ctrl(VIntrCtrl::new().with_v_nmi_enable(true).with_vgif(true));
-            vmsas.push(page);
-        }
+        let vmsas = (0..n).map(|_| fresh_vmsa(&profile)).collect();
         let m = Machine {
             platform: SimPlatform::new(n),
             shared: (0..n).map(|_| VcpuShared::new()).collect(),
@@ -370,6 +307,8 @@ impl Sim {
                     ai_stuck_reported: false,
                     busy_streak: 0,
                     kicks_in_batch: 0,
+                    recreate_at: NEVER,
+                    split_post: None,
                     guest: Guest::new(i, &profile, dereg),
                 }
             })
@@ -493,8 +432,9 @@ impl Sim {
         }
         let mut best = (NEVER, Actor::Device);
         for (i, v) in self.vcpus.iter().enumerate() {
-            if v.next_at < best.0 {
-                best = (v.next_at, Actor::Vcpu(i));
+            let next = v.next_at.min(v.recreate_at);
+            if next < best.0 {
+                best = (next, Actor::Vcpu(i));
             }
             let timer = if v.handed_back {
                 v.host_apic
@@ -545,6 +485,10 @@ impl Sim {
         let Some(v) = self.vcpus.get(i) else { return };
         if !v.created {
             self.create_vcpu(i);
+            return;
+        }
+        if v.handed_back && v.recreate_at <= self.now {
+            self.recreate_vcpu(i);
             return;
         }
         if v.exit_due {

@@ -75,3 +75,40 @@ fn an_ambiguous_request_allows_one_more_delivery_without_owing_it() {
     assert_eq!(l.deliver(0x41, 50), Debit::Unrequested);
     assert!(l.lost(100).is_empty());
 }
+
+#[test]
+fn an_apic_reset_discards_the_owed_instances_instead_of_losing_them() {
+    // Issue 9 path 10: APIC_BASE EN = 0 clears IRR and ISR (SDM 11.4.3).
+    let mut l = Ledger::new();
+    l.request(0x41, 10, Pending::No);
+    l.request(0x61, 20, Pending::No);
+    assert_eq!(l.discard_at_reset(), 2);
+    assert!(l.lost(100).is_empty());
+    assert_eq!(l.discarded, 2);
+}
+
+#[test]
+fn a_delivery_after_an_apic_reset_of_a_discarded_instance_is_a_duplicate() {
+    let mut l = Ledger::new();
+    l.request(0x41, 10, Pending::No);
+    l.discard_at_reset();
+    assert_eq!(l.deliver(0x41, 30), Debit::Unrequested);
+}
+
+#[test]
+fn an_apic_reset_keeps_an_owed_nmi() {
+    let mut l = Ledger::new();
+    l.request_nmi(10);
+    l.discard_at_reset();
+    assert_eq!(l.lost(100), vec![(2, 10)]);
+}
+
+#[test]
+fn an_allowed_delivery_is_not_owed_and_not_a_duplicate() {
+    // An IPI to a software-disabled APIC that may be drained after its SVR write.
+    let mut l = Ledger::new();
+    l.allow_one(0x41);
+    assert!(!l.owed(0x41));
+    assert_eq!(l.deliver(0x41, 10), Debit::Ok);
+    assert_eq!(l.deliver(0x41, 20), Debit::Unrequested);
+}

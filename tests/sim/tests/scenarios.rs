@@ -307,6 +307,75 @@ fn edge_requests_of_level_vectors_keep_one_specific_eoi_per_presentation() {
 }
 
 #[test]
+fn a_failed_disable_ai_leaves_the_descriptor_as_before_and_a_retry_hands_back() {
+    let failed = core::cell::Cell::new(0);
+    each_seed(Scenario::HandbackFail, |s| {
+        failed.set(failed.get() + s.disable_ai_failed);
+        // Every guest is handed back in the end, whatever failed before.
+        assert_eq!(
+            s.handbacks as usize,
+            s.vcpus_created as usize,
+            "{}",
+            s.report("handback-fail")
+        );
+        assert_eq!(s.level_posts, s.level_eois);
+    });
+    assert!(failed.get() > 0);
+}
+
+#[test]
+fn the_checks_catch_stale_isr_left_by_a_failed_disable_ai() {
+    sabotaged(
+        Scenario::HandbackFail,
+        Sabotage::StaleIsrAfterFailedDisableAi,
+        "failed disable-AI left the descriptor changed",
+    );
+    sabotaged(
+        Scenario::HandbackFail,
+        Sabotage::StaleIsrAfterFailedDisableAi,
+        "which the guest is not servicing",
+    );
+}
+
+#[test]
+fn recreated_engines_keep_a_post_split_across_the_mailbox_reopen() {
+    each_seed(Scenario::Recreate, |s| {
+        assert!(s.engines_recreated > 0, "{}", s.report("recreate"));
+        assert_eq!(s.split_posts, s.engines_recreated);
+        assert_eq!(s.engine.ipis_forwarded, s.ipis_forwarded_seen);
+    });
+}
+
+#[test]
+fn the_ledger_catches_a_reopen_that_wipes_a_post() {
+    sabotaged(
+        Scenario::Recreate,
+        Sabotage::ReopenWipesPost,
+        "never delivered",
+    );
+}
+
+#[test]
+fn apic_disable_completes_every_host_level_presentation_once() {
+    let eois = core::cell::Cell::new(0);
+    each_seed(Scenario::ApicDisable, |s| {
+        eois.set(eois.get() + s.disable_level_eois);
+        assert!(s.apic_disables > 0, "{}", s.report("apic-disable"));
+        assert_eq!(s.level_posts, s.level_eois, "{}", s.report("apic-disable"));
+    });
+    assert!(eois.get() > 0);
+}
+
+#[test]
+fn the_level_eoi_check_catches_an_apic_disable_without_specific_eois() {
+    sabotaged(
+        Scenario::ApicDisable,
+        Sabotage::NoEoiAtApicDisable,
+        "never EOI'd to the host",
+    );
+}
+
+#[test]
 fn an_unknown_scenario_name_is_refused() {
     assert!("idle-timer".parse::<Scenario>().is_ok());
     assert!("nope".parse::<Scenario>().is_err());
