@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 NO_STD_TARGET := x86_64-unknown-none
-LIB_CRATES := -p vmsa -p doorbell -p apic -p kernel
+LIB_CRATES := -p altinj-vmsa -p altinj-doorbell -p altinj-apic -p altinj-kernel
 NIGHTLY ?= nightly
 
 .PHONY: all build test image-test svm-test linux-test soak soak-seeds lint fmt doc bench bench-instr miri run sim fuzz loom msrv example package clean linux-guest linux-direct
@@ -80,11 +80,11 @@ linux-test: linux-guest
 # the engine's sequencing around them (kernel/tests/loom_engine.rs).
 loom:
 	CARGO_TARGET_DIR=target/loom \
-	  $(CARGO) test --release -p doorbell --features loom --test loom
+	  $(CARGO) test --release -p altinj-doorbell --features loom --test loom
 	CARGO_TARGET_DIR=target/loom \
-	  $(CARGO) test --release -p kernel --features loom --test loom
+	  $(CARGO) test --release -p altinj-kernel --features loom --test loom
 	CARGO_TARGET_DIR=target/loom \
-	  $(CARGO) test --release -p kernel --features loom --test loom_engine
+	  $(CARGO) test --release -p altinj-kernel --features loom --test loom_engine
 
 # The library crates on the declared minimum Rust version (workspace
 # rust-version), for x86_64-unknown-none as an SVSM builds them.
@@ -114,7 +114,7 @@ example:
 	if [ -n "$$drift" ]; then echo "example: docs/integration.md code not in $(EXAMPLE):"; echo "$$drift"; exit 1; fi
 
 # The publishable crates package and build from their packaged sources.
-PUBLISHED := $(LIB_CRATES) -p ktest
+PUBLISHED := $(LIB_CRATES) -p altinj-ktest
 package:
 	CARGO_TARGET_DIR=target/package $(CARGO) package --allow-dirty $(PUBLISHED)
 

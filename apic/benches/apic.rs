@@ -3,7 +3,9 @@
 //! <= 30 ns; ICR decode plus destination match over 512 APIC IDs <= 2 us).
 #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects, missing_docs)]
 
-use apic::{ApicAddress, ApicConfig, ApicMode, Ipi, LocalApic, MSR_APIC_BASE, MSR_SVR, Trigger};
+use altinj_apic::{
+    ApicAddress, ApicConfig, ApicMode, Ipi, LocalApic, MSR_APIC_BASE, MSR_SVR, Trigger,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::Duration;

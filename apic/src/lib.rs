@@ -28,7 +28,7 @@
 //! ([`Received::Nmi`], [`LocalEvent::Nmi`], [`Routing::Nmi`]) and holds no
 //! NMI state. Whether an NMI is pending, in service or blocked is processor
 //! state (NMIs are blocked from delivery until the next IRET, Intel SDM vol.
-//! 3A §6.7.1), owned by the injection engine (`kernel::nmi`: one pending
+//! 3A §6.7.1), owned by the injection engine (`altinj_kernel::nmi`: one pending
 //! while one is in service; more collapse into the pending one, spec §6).
 #![no_std]
 #![forbid(unsafe_code)]

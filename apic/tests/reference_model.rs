@@ -22,7 +22,7 @@
     missing_docs
 )]
 
-use apic::{
+use altinj_apic::{
     ApicConfig, EoiInfo, LocalApic, LocalInterrupt, MSR_APIC_BASE, MSR_ESR, MSR_ICR, MSR_LVT_CMCI,
     MSR_LVT_ERROR, MSR_LVT_TIMER, MSR_SELF_IPI, MSR_SVR, MSR_TIMER_CURRENT, MSR_TIMER_DIVIDE,
     MSR_TIMER_INITIAL, MSR_TPR, RequestOutcome, Trigger, WriteEffect, timer_divisor,
@@ -464,7 +464,7 @@ proptest! {
         let mut apic = enabled_apic();
         let mut m = EsrModel { pending: 0, visible: 0, error_lvt: 1 << 16, irr: [false; 256] };
         // The PMC entry raises fixed vector 0x05 (illegal) when fired.
-        apic.write_msr(apic::MSR_LVT_PMC, 0x05, 0).unwrap();
+        apic.write_msr(altinj_apic::MSR_LVT_PMC, 0x05, 0).unwrap();
         m.latch(RECEIVE);
         for op in &ops {
             match *op {

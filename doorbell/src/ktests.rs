@@ -24,7 +24,7 @@ fn set_status(page: &DoorbellPage, vmpl: u8, value: u32) {
     page.descriptor(vmpl).unwrap().status.store(value, SeqCst);
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn layout_offsets_match_the_doorbell_page() {
         let mut buffer = Aligned([0; PAGE_SIZE]);
         {

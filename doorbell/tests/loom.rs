@@ -2,7 +2,7 @@
 //! with the `host` poster while VMPL0 consumes concurrently. Every posted
 //! item must come back exactly once: never lost, never duplicated.
 //!
-//! Run with `RUSTFLAGS="--cfg loom" cargo test --release -p doorbell --test loom`.
+//! Run with `make loom` (`cargo test --release -p altinj-doorbell --features loom --test loom`).
 #![cfg(feature = "loom")]
 #![allow(
     clippy::unwrap_used,
@@ -13,8 +13,8 @@
     missing_docs
 )]
 
-use doorbell::host::PostError;
-use doorbell::{DoorbellPage, HandoffState, PendingInterrupts};
+use altinj_doorbell::host::PostError;
+use altinj_doorbell::{DoorbellPage, HandoffState, PendingInterrupts};
 use loom::sync::Arc;
 use loom::thread;
 

@@ -9,7 +9,7 @@
     missing_docs
 )]
 
-use doorbell::{DoorbellPage, HandoffState, PAGE_SIZE, PendingInterrupts};
+use altinj_doorbell::{DoorbellPage, HandoffState, PAGE_SIZE, PendingInterrupts};
 use proptest::prelude::*;
 
 #[repr(C, align(4096))]

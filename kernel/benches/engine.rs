@@ -20,12 +20,12 @@ use std::hint::black_box;
 use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant};
 
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::protocol::ApicCall;
+use altinj_kernel::{Env, Fabric, VcpuEngine, VcpuShared};
+use altinj_vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 use common::{CountingPlatform, VMPL, X2APIC_BASE, config};
 use criterion::{Criterion, criterion_group, criterion_main};
-use doorbell::DoorbellPage;
-use kernel::protocol::ApicCall;
-use kernel::{Env, Fabric, VcpuEngine, VcpuShared};
-use vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 /// An engine in x2APIC mode, software-enabled, every host vector allowed.
 fn engine(i: usize, env: &Env<'_, CountingPlatform>, _vmsa: &mut VmsaPage) -> VcpuEngine {
@@ -56,9 +56,9 @@ fn timed<S>(
 
 fn benches(c: &mut Criterion) {
     println!(
-        "sizes: VcpuEngine {} B (apic::LocalApic {} B), VcpuShared {} B, DoorbellPage {} B, VmsaPage {} B",
+        "sizes: VcpuEngine {} B (altinj_apic::LocalApic {} B), VcpuShared {} B, DoorbellPage {} B, VmsaPage {} B",
         size_of::<VcpuEngine>(),
-        size_of::<apic::LocalApic>(),
+        size_of::<altinj_apic::LocalApic>(),
         size_of::<VcpuShared>(),
         size_of::<DoorbellPage>(),
         size_of::<VmsaPage>()
@@ -66,7 +66,7 @@ fn benches(c: &mut Criterion) {
 
     let platform = CountingPlatform::default();
     let slots: Vec<VcpuShared> = (0..512).map(|_| VcpuShared::new()).collect();
-    let vm = kernel::VmShared::new();
+    let vm = altinj_kernel::VmShared::new();
     let fabric = Fabric::new(&slots, &vm);
     let doorbell = Box::new(DoorbellPage::new());
     let caa = AtomicU8::new(0);
@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
                 let n = left.min(200);
                 for v in 0..n {
                     let v = 255 - v as u8;
-                    e0.apic_mut().request(v, apic::Trigger::Edge);
+                    e0.apic_mut().request(v, altinj_apic::Trigger::Edge);
                     e0.apic_mut().acknowledge(v);
                 }
                 let t = Instant::now();

@@ -30,12 +30,12 @@ mod common;
 use std::hint::black_box;
 use std::sync::atomic::AtomicU8;
 
-use apic::{LocalApic, Trigger};
+use altinj_apic::{LocalApic, Trigger};
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::protocol::{ApicCall, CallOutcome, CallResult};
+use altinj_kernel::{Env, Fabric, VcpuEngine, VcpuShared, VmShared};
+use altinj_vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 use common::{CountingPlatform, VMPL, X2APIC_BASE, config};
-use doorbell::DoorbellPage;
-use kernel::protocol::{ApicCall, CallOutcome, CallResult};
-use kernel::{Env, Fabric, VcpuEngine, VcpuShared, VmShared};
-use vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 const VCPUS: usize = 64;
 /// A host device vector.

@@ -12,7 +12,7 @@
 //! [`VmsaAccess::clear_busy`] (the last write), and a `set_vintr_ctrl` that
 //! only raises BUSY.
 
-use vmsa::{EventInj, ExitCode, SevFeatures, VIntrCtrl, VmsaAccess};
+use altinj_vmsa::{EventInj, ExitCode, SevFeatures, VIntrCtrl, VmsaAccess};
 
 /// Wraps `&mut V` and counts writes made while BUSY is clear.
 #[derive(Debug)]

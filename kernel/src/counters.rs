@@ -21,7 +21,7 @@ pub struct Counters {
     /// EXITINTINFO events copied back into EVENTINJ.
     pub reinjected: u64,
     /// EXITINTINFO events dropped instead of re-injected: malformed ones
-    /// (`vmsa::rules`) and those the engine did not present: an external
+    /// (`altinj_vmsa::rules`) and those the engine did not present: an external
     /// interrupt, NMI or #MC it had not put in the run, an exception vector
     /// the processor never raises (see `exit_event`).
     pub forged_exit_events: u64,

@@ -79,9 +79,9 @@ mod recall;
 mod run;
 mod timer;
 
-use apic::{ApicConfig, LocalApic};
-use doorbell::DoorbellPage;
-use vmsa::{EventInj, ExitKind};
+use altinj_apic::{ApicConfig, LocalApic};
+use altinj_doorbell::DoorbellPage;
+use altinj_vmsa::{EventInj, ExitKind};
 
 use crate::caa::NoEoiByte;
 use crate::counters::Counters;

@@ -2,7 +2,7 @@
 //! §15.7.2 EXITINTINFO).
 //!
 //! EXITINTINFO.V = 1 says the exit interrupted the delivery of an event
-//! through the guest's IDT. `vmsa::rules::reinject_exit_int_info` already
+//! through the guest's IDT. `altinj_vmsa::rules::reinject_exit_int_info` already
 //! drops malformed values (reserved types and bits, EV on a non-exception,
 //! INTR 0-15, exception 2 or above 31) and leaves INTn/#BP/#OF to the
 //! guest. On top of that the engine checks where the event came from
@@ -45,7 +45,7 @@
 //!
 //! Everything dropped is counted in `Counters::forged_exit_events`.
 
-use vmsa::{EventInj, EventType, ExitKind};
+use altinj_vmsa::{EventInj, EventType, ExitKind};
 
 /// What the engine presented in the run that just ended and hardware took
 /// (consumed EVENTINJ, cleared V_IRQ, cleared V_NMI).
@@ -119,7 +119,7 @@ fn in_mask(mask: u32, vector: u8) -> bool {
 }
 
 /// Whether the well-formed EXITINTINFO `event` (already through
-/// `vmsa::rules`) may be re-injected, given what the engine presented (see
+/// `altinj_vmsa::rules`) may be re-injected, given what the engine presented (see
 /// the module doc).
 pub(crate) fn may_reinject(event: EventInj, presented: &Presented) -> bool {
     let vector = event.vector();
@@ -134,7 +134,7 @@ pub(crate) fn may_reinject(event: EventInj, presented: &Presented) -> bool {
                 && (!event.error_code_valid() || in_mask(ERROR_CODE_EXCEPTIONS, vector))
         }
         // Software interrupts are re-executed and reserved types rejected by
-        // `vmsa::rules` before this point; refuse anything else.
+        // `altinj_vmsa::rules` before this point; refuse anything else.
         _ => false,
     }
 }

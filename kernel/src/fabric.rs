@@ -19,7 +19,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
+use altinj_apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
 
 use crate::mailbox::Mailbox;
 use crate::registration::RegistrationCount;
@@ -252,7 +252,7 @@ impl VcpuShared {
     /// nothing happens for a configuration without emulation.
     pub fn announce(&self, config: &crate::EngineConfig) {
         if config.emulate {
-            let apic = apic::LocalApic::new(config.apic);
+            let apic = altinj_apic::LocalApic::new(config.apic);
             self.activate(config.host_apic_id, &apic.address());
         }
     }

@@ -14,7 +14,7 @@
 //! descriptor every time, so an #HV lost or coalesced by the host delays
 //! nothing beyond the next run.
 
-use doorbell::DoorbellPage;
+use altinj_doorbell::DoorbellPage;
 
 use crate::fabric::VcpuShared;
 

@@ -15,7 +15,7 @@
 //! is one bit per vector: the host does not re-assert a level vector before
 //! its EOI.
 
-use apic::VectorSet;
+use altinj_apic::VectorSet;
 
 /// Which vectors currently in the APIC came from the host as level-triggered.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]

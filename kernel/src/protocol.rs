@@ -211,12 +211,12 @@ impl CallResult {
 /// Maps an APIC register error to the protocol's result (spec §5: unknown
 /// register INVALID_ADDRESS, everything else INVALID_PARAMETER, which the
 /// guest's #VC handler turns into #GP).
-pub fn register_error(error: apic::RegisterError) -> ResultCode {
+pub fn register_error(error: altinj_apic::RegisterError) -> ResultCode {
     match error {
-        apic::RegisterError::Unknown => ResultCode::InvalidAddress,
-        apic::RegisterError::WrongDirection
-        | apic::RegisterError::InvalidValue
-        | apic::RegisterError::WrongMode => ResultCode::InvalidParameter,
+        altinj_apic::RegisterError::Unknown => ResultCode::InvalidAddress,
+        altinj_apic::RegisterError::WrongDirection
+        | altinj_apic::RegisterError::InvalidValue
+        | altinj_apic::RegisterError::WrongMode => ResultCode::InvalidParameter,
     }
 }
 
@@ -262,7 +262,7 @@ pub struct HandBack {
 impl CallResult {
     /// Writes the result to the guest's registers: RAX, and RCX/RDX when
     /// the call has them.
-    pub fn write_to<V: vmsa::VmsaAccess + ?Sized>(&self, vmsa: &mut V) {
+    pub fn write_to<V: altinj_vmsa::VmsaAccess + ?Sized>(&self, vmsa: &mut V) {
         vmsa.set_rax(self.code.value());
         if let Some(rcx) = self.rcx {
             vmsa.set_rcx(rcx);

@@ -8,9 +8,9 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use apic::ApicConfig;
-use doorbell::DoorbellPage;
-use vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
+use altinj_apic::ApicConfig;
+use altinj_doorbell::DoorbellPage;
+use altinj_vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 use crate::busy_audit::BusyAudit;
 use crate::caa::NoEoiByte;
@@ -481,8 +481,8 @@ impl<const N: usize> Fixture<N> {
     pub fn create(&mut self, i: usize) -> Result<(), Fatal> {
         self.create_with(i, Self::config(i))?;
         let base = 0xFEE0_0000 | (1 << 11) | (1 << 10) | if i == 0 { 1 << 8 } else { 0 };
-        let _ = self.write_msr(i, u64::from(apic::MSR_APIC_BASE), base);
-        let _ = self.write_msr(i, u64::from(apic::MSR_SVR), 0x1FF);
+        let _ = self.write_msr(i, u64::from(altinj_apic::MSR_APIC_BASE), base);
+        let _ = self.write_msr(i, u64::from(altinj_apic::MSR_SVR), 0x1FF);
         let _ = self.call(i, ApicCall::ConfigureVector((1 << 9) | (1 << 8)));
         Ok(())
     }

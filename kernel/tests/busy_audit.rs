@@ -1,5 +1,5 @@
-//! The BUSY audit of the kernel fixture (`kernel::testing::Fixture` routes
-//! every engine call through `kernel::busy_audit::BusyAudit`): the engine
+//! The BUSY audit of the kernel fixture (`altinj_kernel::testing::Fixture` routes
+//! every engine call through `altinj_kernel::busy_audit::BusyAudit`): the engine
 //! writes a guest VMSA only while BUSY is set (spec §2).
 //!
 //! The tests below fail on an engine whose first `before_run` edits the
@@ -13,9 +13,9 @@
     missing_docs
 )]
 
-use kernel::testing::{Fixture, GuestRun};
+use altinj_kernel::testing::{Fixture, GuestRun};
 
-const VMPL: u8 = kernel::testing::GUEST_VMPL;
+const VMPL: u8 = altinj_kernel::testing::GUEST_VMPL;
 
 fn one_vcpu() -> Fixture<2> {
     let mut f = Fixture::new();
@@ -62,7 +62,7 @@ fn later_runs_write_the_vmsa_only_while_busy_is_set() {
             .post_vector(VMPL, 0x40 + k)
             .unwrap();
         let vmsa = f.vmsa(0).unwrap();
-        let _ = kernel::testing::hw_run(vmsa, GuestRun::NORMAL);
+        let _ = altinj_kernel::testing::hw_run(vmsa, GuestRun::NORMAL);
         f.after_exit(0).unwrap();
         let _ = f.write_msr(0, 0x80B, 0);
         f.before_run(0).unwrap();

@@ -22,10 +22,10 @@
 
 use core::sync::atomic::Ordering;
 
-use kernel::protocol::ApicCall;
-use kernel::testing::{Fixture, GUEST_VMPL, GuestRun, hw_run};
+use altinj_kernel::protocol::ApicCall;
+use altinj_kernel::testing::{Fixture, GUEST_VMPL, GuestRun, hw_run};
+use altinj_vmsa::{EventType, RFLAGS_IF, VmsaAccess};
 use proptest::prelude::*;
-use vmsa::{EventType, RFLAGS_IF, VmsaAccess};
 
 const N: usize = 5;
 type F = Fixture<N>;

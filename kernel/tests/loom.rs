@@ -1,5 +1,5 @@
 //! Loom model check of the posted-interrupt mailbox (run with
-//! `RUSTFLAGS="--cfg loom" cargo test --release -p kernel --test loom`).
+//! `make loom`, i.e. `cargo test --release -p altinj-kernel --features loom --test loom`).
 //!
 //! Invariant checked under every interleaving: a posted vector is either
 //! taken by a drain, or still in the PIR with ON set, and ON set implies a
@@ -10,7 +10,7 @@
 #![cfg(feature = "loom")]
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
 
-use kernel::mailbox::{Drained, Mailbox, Post, PostBits};
+use altinj_kernel::mailbox::{Drained, Mailbox, Post, PostBits};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;

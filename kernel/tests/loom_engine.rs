@@ -1,5 +1,5 @@
 //! Loom models of the engine's sequencing around the lock-free parts (run
-//! with `RUSTFLAGS="--cfg loom" cargo test --release -p kernel --test
+//! with `cargo test --release -p altinj-kernel --features loom --test
 //! loom_engine`; `make loom` does).
 //!
 //! The engine itself is not built under loom (it is single-threaded per
@@ -27,8 +27,8 @@
     missing_docs
 )]
 
-use doorbell::{DoorbellPage, HandoffState};
-use kernel::mailbox::{Drained, Mailbox, Post};
+use altinj_doorbell::{DoorbellPage, HandoffState};
+use altinj_kernel::mailbox::{Drained, Mailbox, Post};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;

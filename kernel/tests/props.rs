@@ -1,5 +1,5 @@
 //! Property tests of the engine against the hardware model in
-//! `kernel::testing` (small case counts: they run in `cargo test`).
+//! `altinj_kernel::testing` (small case counts: they run in `cargo test`).
 //!
 //! Random host posts, cross-vCPU posts, guest behaviour (IF, interrupted
 //! deliveries, EOIs) and VMEXIT_BUSY never panic, keep BUSY right, and
@@ -15,9 +15,9 @@
     missing_docs
 )]
 
-use kernel::testing::{Fixture, GuestRun, hw_run};
+use altinj_kernel::testing::{Fixture, GuestRun, hw_run};
+use altinj_vmsa::{EventType, RFLAGS_IF, VmsaAccess};
 use proptest::prelude::*;
-use vmsa::{EventType, RFLAGS_IF, VmsaAccess};
 
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -70,7 +70,7 @@ proptest! {
                 }
                 Step::Run { if_set, interrupt, busy } => {
                     // Never more repairs in a row than the engine tolerates.
-                    let busy = busy && busy_streak < kernel::engine::MAX_BUSY_REPAIRS;
+                    let busy = busy && busy_streak < altinj_kernel::engine::MAX_BUSY_REPAIRS;
                     busy_streak = if busy { busy_streak + 1 } else { 0 };
                     f.vmsa(0).unwrap().set_rflags(if if_set { RFLAGS_IF } else { 2 });
                     f.before_run(0).unwrap();
@@ -150,7 +150,7 @@ fn nmi_step() -> impl Strategy<Value = NmiStep> {
     ]
 }
 
-fn nmi_delivered(d: &kernel::testing::HwDelivery) -> u32 {
+fn nmi_delivered(d: &altinj_kernel::testing::HwDelivery) -> u32 {
     u32::from(d.v_nmi) + u32::from(d.event.is_some_and(|e| e.event_type() == EventType::Nmi))
 }
 
@@ -293,7 +293,7 @@ proptest! {
                 IpiStep::Send { from, to, vector, all } => {
                     let icr = if all { (3u64 << 18) | u64::from(vector) } else { (u64::from(to) << 32) | u64::from(vector) };
                     let r = f.write_msr(from, 0x830, icr).unwrap();
-                    prop_assert_eq!(r.code, kernel::protocol::ResultCode::Success);
+                    prop_assert_eq!(r.code, altinj_kernel::protocol::ResultCode::Success);
                     for (t, row) in sent.iter_mut().enumerate() {
                         if (all && t != from) || (!all && t as u32 == to) {
                             row[vector as usize] += 1;

@@ -19,7 +19,7 @@ if ! command -v valgrind >/dev/null; then
   $SUDO apt-get install -y valgrind >/dev/null
 fi
 
-bin=$(cargo bench -p kernel --bench instr --no-run --message-format=json 2>/dev/null |
+bin=$(cargo bench -p altinj-kernel --bench instr --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "instr") | .executable' |
   tail -n 1)
 [ -x "$bin" ] || { echo "bench-instr: harness did not build" >&2; exit 1; }

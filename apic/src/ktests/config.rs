@@ -3,7 +3,7 @@
 
 use super::*;
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn default_config_is_x2apic_maxphyaddr_52_with_cmci() {
         let c = ApicConfig::default();
         assert!(c.x2apic && c.cmci && !c.directed_eoi);

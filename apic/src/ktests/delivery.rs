@@ -2,7 +2,7 @@
 
 use super::*;
 
-ktest::suite! {
+altinj_ktest::suite! {
     // ---- PPR / TPR ---------------------------------------------------------
 
     fn ppr_equal_class_is_deferred() {

@@ -23,7 +23,7 @@ fn error_fired(a: &mut LocalApic) -> bool {
     true
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     // Table 11-6 bit 5: "a write to ... SELF IPI register (x2APIC mode
     // only) with an illegal vector".
     fn self_ipi_illegal_vector_is_a_send_error() {

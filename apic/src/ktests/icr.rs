@@ -2,7 +2,7 @@
 
 use super::*;
 
-ktest::suite! {
+altinj_ktest::suite! {
     // ---- ICR ---------------------------------------------------------------
 
     fn icr_fast_path_agrees_with_write_msr() {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-ktest::suite! {
+altinj_ktest::suite! {
     // §11.5.1: fixed delivers the entry's vector (edge: only LINT entries
     // have a trigger bit).
     fn thermal_pmc_cmci_fixed_set_irr_edge() {

@@ -23,7 +23,7 @@ pub mod state;
 pub mod timer;
 
 /// Every suite of the crate.
-pub const ALL: &[&[ktest::Test]] = &[
+pub const ALL: &[&[altinj_ktest::Test]] = &[
     state::TESTS,
     registers::TESTS,
     delivery::TESTS,

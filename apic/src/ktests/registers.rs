@@ -2,7 +2,7 @@
 
 use super::*;
 
-ktest::suite! {
+altinj_ktest::suite! {
     // ---- access rules ------------------------------------------------------
 
     fn x2apic_read_only_registers_refuse_writes() {

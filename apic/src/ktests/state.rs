@@ -2,7 +2,7 @@
 
 use super::*;
 
-ktest::suite! {
+altinj_ktest::suite! {
     // ---- VectorSet -------------------------------------------------------
 
     fn vector_set_word_layout_is_register_order() {

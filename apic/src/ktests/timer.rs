@@ -39,7 +39,7 @@ fn tmcct(a: &mut LocalApic, now: u64) -> u64 {
     a.read_msr(MSR_TIMER_CURRENT, now).unwrap()
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     // ---- timer -------------------------------------------------------------
 
     fn timer_one_shot_expires_exactly_with_every_divider() {

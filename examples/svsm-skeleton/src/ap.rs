@@ -3,9 +3,9 @@
 //! reach the AP's per-CPU data: it publishes and announces the AP's slot,
 //! so IPIs sent before the AP's own engine exists wait in its mailbox.
 
-use doorbell::DoorbellPage;
-use kernel::platform::{DEFAULT_NOTIFICATION_VECTOR, DoorbellGpa, setup_vcpu};
-use kernel::{Fatal, PlatformError, VcpuEngine, VcpuShared};
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::platform::{DEFAULT_NOTIFICATION_VECTOR, DoorbellGpa, setup_vcpu};
+use altinj_kernel::{Fatal, PlatformError, VcpuEngine, VcpuShared};
 
 use crate::ghcb::GhcbPlatform;
 use crate::percpu::{CaaByte, PerCpu, SLOTS, engine_config, fabric};

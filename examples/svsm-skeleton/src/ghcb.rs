@@ -1,12 +1,12 @@
-//! `kernel::Platform` over the GHCB (docs/integration.md, "Implementing
+//! `altinj_kernel::Platform` over the GHCB (docs/integration.md, "Implementing
 //! `Platform` with GHCB calls"). The GHCB itself is a stub: every call
 //! succeeds; a real SVSM fills SW_EXITCODE/SW_EXITINFO1/2, issues VMGEXIT
 //! and reads SW_EXITINFO1/2 back.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kernel::platform::{DisableAiRequest, DoorbellRequest, GuestTimer, specific_eoi_info};
-use kernel::{NoTimer, Platform, PlatformError};
+use altinj_kernel::platform::{DisableAiRequest, DoorbellRequest, GuestTimer, specific_eoi_info};
+use altinj_kernel::{NoTimer, Platform, PlatformError};
 
 /// GHCB NAE events (spec §4).
 pub mod exit {

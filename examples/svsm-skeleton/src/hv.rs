@@ -2,8 +2,8 @@
 //! atomics only, no GHCB call, safe with interrupts disabled and when the
 //! host signals spuriously or twice.
 
-use kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
-use kernel::{HvEvents, Vmpl0Tpr, handle_hv};
+use altinj_kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
+use altinj_kernel::{HvEvents, Vmpl0Tpr, handle_hv};
 
 use crate::percpu::PerCpu;
 

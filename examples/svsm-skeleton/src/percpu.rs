@@ -6,11 +6,11 @@
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
-use apic::ApicConfig;
-use doorbell::DoorbellPage;
-use kernel::caa::{GuestMemoryError, NoEoiByte};
-use kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
-use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared, VcpuSlots, VmShared};
+use altinj_apic::ApicConfig;
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::caa::{GuestMemoryError, NoEoiByte};
+use altinj_kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
+use altinj_kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared, VcpuSlots, VmShared};
 
 use crate::ghcb::GhcbPlatform;
 use crate::{GUEST_VMPL, MAX_CPUS};
@@ -161,7 +161,7 @@ pub fn engine_and_env(cpu: &mut PerCpu) -> (&mut VcpuEngine, Env<'_, GhcbPlatfor
     } = cpu;
     let caa = &*caa;
     // Lazy EOI (optional): byte 2 of the guest's calling area through the
-    // SVSM's own fallible guest-memory access (`kernel::caa::NoEoiByte`;
+    // SVSM's own fallible guest-memory access (`altinj_kernel::caa::NoEoiByte`;
     // `AtomicU8` implements it for a calling area the SVSM keeps mapped).
     let env = Env::new(&*platform, fabric(), doorbell).with_no_eoi_byte(Some(caa));
     (engine, env, caa)

@@ -3,8 +3,8 @@
 //! engine's result codes as the SVSM's request errors
 //! (docs/integration.md, "SVSM protocol 3").
 
-use kernel::protocol::{ApicCall, CallOutcome, CallRegs, CallResult, HandBack, ResultCode};
-use kernel::{Env, Platform, VcpuEngine};
+use altinj_kernel::protocol::{ApicCall, CallOutcome, CallRegs, CallResult, HandBack, ResultCode};
+use altinj_kernel::{Env, Platform, VcpuEngine};
 
 /// An SVSM result code as COCONUT-SVSM spells it (`SvsmResultCode`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -86,7 +86,7 @@ pub enum Reply {
 
 /// Protocol numbers this skeleton serves.
 const CORE_PROTOCOL: u32 = 0;
-const APIC_PROTOCOL: u32 = kernel::protocol::APIC_PROTOCOL;
+const APIC_PROTOCOL: u32 = altinj_kernel::protocol::APIC_PROTOCOL;
 
 /// One SVSM request on the guest's copied-out RAX/RCX/RDX/R8.
 pub fn svsm_request<P: Platform>(

@@ -3,9 +3,9 @@
 //! collect and Run VMPL closed with `work_pending`, a skipped run taken back
 //! with `cancel_run`, and SVSM calls answered on copied-out registers.
 
-use kernel::Fatal;
-use kernel::protocol::CallRegs;
-use vmsa::{ExitKind, VmsaAccess, VmsaPage};
+use altinj_kernel::Fatal;
+use altinj_kernel::protocol::CallRegs;
+use altinj_vmsa::{ExitKind, VmsaAccess, VmsaPage};
 
 use crate::GUEST_VMPL;
 use crate::percpu::{PerCpu, engine_and_env};

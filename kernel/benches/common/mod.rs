@@ -3,9 +3,9 @@
 
 use std::cell::Cell;
 
-use apic::ApicConfig;
-use kernel::platform::{DisableAiRequest, DoorbellRequest, NoTimer, PlatformError};
-use kernel::{EngineConfig, Platform};
+use altinj_apic::ApicConfig;
+use altinj_kernel::platform::{DisableAiRequest, DoorbellRequest, NoTimer, PlatformError};
+use altinj_kernel::{EngineConfig, Platform};
 
 /// The guest VMPL of the benches.
 pub const VMPL: u8 = 2;

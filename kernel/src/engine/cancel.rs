@@ -9,7 +9,7 @@
 //! next `before_run` presents it again: nothing is lost and nothing is
 //! delivered twice.
 
-use vmsa::VmsaAccess;
+use altinj_vmsa::VmsaAccess;
 
 use super::{Env, VcpuEngine};
 use crate::platform::Platform;

@@ -7,9 +7,9 @@ use super::{Env, Fatal, InEventInj, VcpuEngine};
 use crate::counters::bump;
 use crate::fabric::VcpuShared;
 use crate::platform::Platform;
-use apic::{RequestOutcome, Trigger};
+use altinj_apic::{RequestOutcome, Trigger};
+use altinj_doorbell::{Descriptor, DescriptorStatus, PendingInterrupts};
 use core::sync::atomic::Ordering;
-use doorbell::{Descriptor, DescriptorStatus, PendingInterrupts};
 
 impl VcpuEngine {
     /// Takes everything pending for this vCPU into the APIC / NMI state.
@@ -108,7 +108,7 @@ impl VcpuEngine {
     /// One host vector through the filter; true when the APIC holds it.
     #[inline]
     pub(super) fn host_vector(&mut self, vector: u8, trigger: Trigger) -> bool {
-        if !doorbell::is_legal_vector(vector) {
+        if !altinj_doorbell::is_legal_vector(vector) {
             bump(&mut self.counters.host_vectors_rejected);
             return false;
         }

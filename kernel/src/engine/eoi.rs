@@ -15,7 +15,11 @@ impl VcpuEngine {
     }
 
     #[inline(never)]
-    pub(super) fn eoi_done<P: Platform + ?Sized>(&mut self, env: &Env<'_, P>, info: apic::EoiInfo) {
+    pub(super) fn eoi_done<P: Platform + ?Sized>(
+        &mut self,
+        env: &Env<'_, P>,
+        info: altinj_apic::EoiInfo,
+    ) {
         // With EOI-broadcast suppression (SVR bit 12) the guest EOIs the
         // (host's) IOAPIC itself, so the host must not get a second EOI
         // (Intel SDM vol. 3A §11.8.5).

@@ -13,8 +13,8 @@
 
 use core::sync::atomic::Ordering;
 
-use apic::{ApicMode, FastIcr};
-use doorbell::DescriptorStatus;
+use altinj_apic::{ApicMode, FastIcr};
+use altinj_doorbell::DescriptorStatus;
 
 use super::ipi::{IpiTally, Walk, try_kick};
 use super::{Env, VcpuEngine};
@@ -26,8 +26,8 @@ use crate::platform::Platform;
 use crate::protocol::ResultCode;
 
 /// x2APIC EOI and ICR MSRs.
-pub(super) const MSR_EOI: u64 = apic::MSR_EOI as u64;
-pub(super) const MSR_ICR: u64 = apic::MSR_ICR as u64;
+pub(super) const MSR_EOI: u64 = altinj_apic::MSR_EOI as u64;
+pub(super) const MSR_ICR: u64 = altinj_apic::MSR_ICR as u64;
 
 impl VcpuEngine {
     /// WRITE_REGISTER(EOI, 0) in x2APIC mode; false (nothing done) in any
@@ -227,8 +227,8 @@ impl VcpuEngine {
         }
         // Lossless: masked to 8 bits.
         let vector = (status & DescriptorStatus::VECTOR_MASK) as u8;
-        if doorbell::is_legal_vector(vector) {
-            self.host_vector(vector, apic::Trigger::Edge);
+        if altinj_doorbell::is_legal_vector(vector) {
+            self.host_vector(vector, altinj_apic::Trigger::Edge);
         } else {
             bump(&mut self.counters.host_vectors_rejected);
         }

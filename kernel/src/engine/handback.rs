@@ -23,9 +23,9 @@
 //!    forwarded by #HV IPI, like every later post (whose sender sees the
 //!    mailbox closed and forwards it).
 
-use apic::{ApicMode, Trigger};
-use doorbell::{Descriptor, DescriptorStatus, HandoffState};
-use vmsa::{EventInj, RFLAGS_IF, SevFeatures, VmsaAccess};
+use altinj_apic::{ApicMode, Trigger};
+use altinj_doorbell::{Descriptor, DescriptorStatus, HandoffState};
+use altinj_vmsa::{EventInj, RFLAGS_IF, SevFeatures, VmsaAccess};
 
 use super::protocol::mmio_offset;
 use super::{Env, InEventInj, VcpuEngine};

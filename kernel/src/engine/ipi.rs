@@ -1,7 +1,7 @@
 //! Guest IPIs: routing an ICR write over the fabric, posting, kicking,
 //! retrying failed kicks and forwarding to handed-back vCPUs (spec §6).
 
-use apic::{ApicMode, DeliveryMode, Destination, Ipi, Trigger};
+use altinj_apic::{ApicMode, DeliveryMode, Destination, Ipi, Trigger};
 
 use super::{Env, VcpuEngine, rare};
 use crate::counters::bump;

@@ -5,8 +5,8 @@
 use super::{Env, InEventInj, MC_VECTOR, VcpuEngine};
 use crate::counters::bump;
 use crate::nmi::NmiVia;
-use vmsa::rules;
-use vmsa::{EventInj, RFLAGS_IF, VmsaAccess};
+use altinj_vmsa::rules;
+use altinj_vmsa::{EventInj, RFLAGS_IF, VmsaAccess};
 
 impl VcpuEngine {
     /// Writes #MC, NMI and the highest deliverable vector into the VMSA.

@@ -12,8 +12,8 @@ use crate::protocol::{
     register_error,
 };
 use crate::registration::ConfigureStep;
-use apic::{ApicMode, WriteEffect};
-use vmsa::VmsaAccess;
+use altinj_apic::{ApicMode, WriteEffect};
+use altinj_vmsa::VmsaAccess;
 
 /// x2APIC MSR range (Intel SDM vol. 3A §11.12.1.2).
 const X2APIC_FIRST: u64 = 0x800;
@@ -214,7 +214,7 @@ impl VcpuEngine {
         }
         // Lossless: masked to 8 bits.
         let vector = (rcx & configure_vector::VECTOR_MASK) as u8;
-        if allow && !doorbell::is_legal_vector(vector) {
+        if allow && !altinj_doorbell::is_legal_vector(vector) {
             // Host vectors 0-30 are never accepted (spec §6).
             return ResultCode::InvalidParameter;
         }
@@ -230,8 +230,8 @@ impl VcpuEngine {
         msr: u64,
     ) -> Result<u64, ResultCode> {
         match msr {
-            m if m == u64::from(apic::MSR_APIC_BASE) => Ok(self.apic.apic_base()),
-            m if m == u64::from(apic::MSR_TSC_DEADLINE) => Ok(self.apic.tsc_deadline()),
+            m if m == u64::from(altinj_apic::MSR_APIC_BASE) => Ok(self.apic.apic_base()),
+            m if m == u64::from(altinj_apic::MSR_TSC_DEADLINE) => Ok(self.apic.tsc_deadline()),
             X2APIC_FIRST..=X2APIC_LAST => {
                 // Lossless: at most 0x8FF.
                 let msr32 = msr as u32;
@@ -284,8 +284,8 @@ impl VcpuEngine {
         value: u64,
     ) -> Result<(), ResultCode> {
         let result = match msr {
-            m if m == u64::from(apic::MSR_APIC_BASE) => self.apic.set_apic_base(value),
-            m if m == u64::from(apic::MSR_TSC_DEADLINE) => {
+            m if m == u64::from(altinj_apic::MSR_APIC_BASE) => self.apic.set_apic_base(value),
+            m if m == u64::from(altinj_apic::MSR_TSC_DEADLINE) => {
                 // An expiry already due is delivered before the deadline
                 // changes, as for the other timer registers.
                 self.poll_timer_now(env);

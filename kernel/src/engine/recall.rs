@@ -8,9 +8,9 @@ use crate::counters::bump;
 use crate::exit_event::{self, Presented};
 use crate::nmi::{NmiExit, NmiVia};
 use crate::platform::Platform;
-use apic::Trigger;
-use vmsa::rules::{self, Reinjection, VirqOutcome};
-use vmsa::{EventInj, EventType, ExitKind, VmsaAccess};
+use altinj_apic::Trigger;
+use altinj_vmsa::rules::{self, Reinjection, VirqOutcome};
+use altinj_vmsa::{EventInj, EventType, ExitKind, VmsaAccess};
 
 impl VcpuEngine {
     /// Everything after BUSY is set: recall, acknowledge, re-inject, NMI,

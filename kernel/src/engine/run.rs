@@ -8,8 +8,8 @@ use super::collect::has_host_posts;
 use super::{Env, ExitInfo, Fatal, MAX_BUSY_REPAIRS, VcpuEngine, rare};
 use crate::counters::bump;
 use crate::platform::Platform;
-use vmsa::rules;
-use vmsa::{ExitKind, VmsaAccess};
+use altinj_vmsa::rules;
+use altinj_vmsa::{ExitKind, VmsaAccess};
 
 impl VcpuEngine {
     /// Prepares the guest VMSA for the next run and clears BUSY last.

@@ -2,14 +2,14 @@
 //! guest's request announces the AP's slot; IPIs sent before the AP's own
 //! engine exists wait in its mailbox and are delivered exactly once.
 
-use vmsa::EventInj;
+use altinj_vmsa::EventInj;
 
 use super::icr_fixed;
 use crate::testing::{Fixture, GuestRun, is_intr};
 
 const ICR: u64 = 0x830;
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn ipi_to_an_announced_ap_is_delivered_exactly_once_when_its_engine_starts() {
         let mut f: Fixture<4> = Fixture::new();
         f.create(0).unwrap();

@@ -1,7 +1,7 @@
 //! The BUSY rule (spec §2): the engine writes the guest VMSA only while BUSY
 //! is set, on every path, the first run included.
 
-use vmsa::{EventInj, ExitCode, SevFeatures, VIntrCtrl, VmsaAccess, VmsaPage};
+use altinj_vmsa::{EventInj, ExitCode, SevFeatures, VIntrCtrl, VmsaAccess, VmsaPage};
 
 use super::{VMPL, one_vcpu};
 
@@ -43,7 +43,7 @@ audited! {
     event_inj / set_event_inj: EventInj,
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn first_before_run_sets_busy_before_writing_the_vmsa() {
         let mut f = one_vcpu();
         // A fresh guest VMSA is runnable (BUSY clear) until VMPL0 claims it.

@@ -1,11 +1,11 @@
 //! The BUSY auditor itself (`crate::busy_audit`, spec §2): it must count a
 //! write to a runnable VMSA, and nothing the guard allows.
 
-use vmsa::{EventInj, VIntrCtrl, VmsaAccess, VmsaPage};
+use altinj_vmsa::{EventInj, VIntrCtrl, VmsaAccess, VmsaPage};
 
 use crate::busy_audit::BusyAudit;
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn busy_audit_counts_each_write_while_busy_is_clear() {
         let mut page = VmsaPage::new();
         let mut audit = BusyAudit::new(&mut page);

@@ -56,7 +56,7 @@ fn cycle(f: &mut Fixture<4>, byte: &FlakyByte, guest: impl FnOnce(&FlakyByte)) {
     engine.after_exit(&env, &mut vmsas[0]).unwrap();
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn lazy_eoi_unreadable_at_exit_is_resolved_at_a_later_exit_not_guessed() {
         let mut f = one_vcpu();
         let byte = FlakyByte { byte: AtomicU8::new(0), unreachable: AtomicBool::new(false) };

@@ -1,12 +1,12 @@
 //! `cancel_run`: a run the SVSM skipped after `before_run` (issue 11
 //! item 7; spec §2: an undelivered event goes back, BUSY is claimed again).
 
-use vmsa::{EventInj, EventType, VmsaAccess};
+use altinj_vmsa::{EventInj, EventType, VmsaAccess};
 
 use super::{VMPL, one_vcpu};
 use crate::testing::{GuestRun, is_intr};
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn cancel_run_takes_back_a_presented_vector_and_the_next_run_delivers_it_once() {
         let mut f = one_vcpu();
         f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();

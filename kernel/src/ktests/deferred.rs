@@ -2,14 +2,14 @@
 //! the VMSA except the CONFIGURE that hands the APIC back, which comes back
 //! as a token the run loop completes with the VMSA.
 
-use vmsa::{SevFeatures, VmsaAccess};
+use altinj_vmsa::{SevFeatures, VmsaAccess};
 
 use super::{VMPL, four_vcpus, one_vcpu};
 use crate::protocol::{ApicCall, CallOutcome, CallResult, ResultCode, configure};
 use crate::registration::Registration;
 use crate::testing::GuestRun;
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn register_calls_are_answered_without_the_vmsa() {
         let mut f = one_vcpu();
         let (engine, env, _) = f.parts(0).unwrap();

@@ -3,9 +3,9 @@
 
 use core::sync::atomic::Ordering;
 
-use apic::Trigger;
-use doorbell::DescriptorStatus;
-use vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess};
+use altinj_apic::Trigger;
+use altinj_doorbell::DescriptorStatus;
+use altinj_vmsa::{EventInj, ExitCode, RFLAGS_IF, VmsaAccess};
 
 use super::{VMPL, one_vcpu};
 use crate::engine::{Fatal, MAX_BUSY_REPAIRS};
@@ -15,7 +15,7 @@ use crate::{Vmpl0Tpr, handle_hv};
 
 const EOI: u64 = 0x80B;
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn host_vector_is_injected_through_eventinj_when_the_guest_can_take_it() {
         let mut f = one_vcpu();
         f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();

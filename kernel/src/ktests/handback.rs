@@ -4,9 +4,9 @@
 
 use core::sync::atomic::Ordering;
 
-use apic::Trigger;
-use doorbell::{Descriptor, DescriptorStatus};
-use vmsa::{ExitCode, SevFeatures, VmsaAccess};
+use altinj_apic::Trigger;
+use altinj_doorbell::{Descriptor, DescriptorStatus};
+use altinj_vmsa::{ExitCode, SevFeatures, VmsaAccess};
 
 use super::{VMPL, one_vcpu};
 use crate::protocol::{ApicCall, ResultCode, configure};
@@ -46,7 +46,7 @@ fn interrupted_run(f: &mut Fixture<4>) {
     .unwrap();
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn hand_back_clears_alternate_injection_in_the_vmsa() {
         let mut f = one_vcpu();
         let features = SevFeatures::SNP_ACTIVE | SevFeatures::ALTERNATE_INJECTION;

@@ -2,7 +2,7 @@
 //! specific EOI per host level presentation, whatever the guest's TMR says
 //! and however the guest's APIC ends.
 
-use vmsa::VmsaAccess;
+use altinj_vmsa::VmsaAccess;
 
 use super::{VMPL, one_vcpu};
 use crate::testing::{GuestRun, is_intr};
@@ -10,7 +10,7 @@ use crate::testing::{GuestRun, is_intr};
 const EOI: u64 = 0x80B;
 const SELF_IPI: u64 = 0x83F;
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn edge_request_of_a_host_level_vector_keeps_its_specific_eoi() {
         let mut f = one_vcpu();
         f.doorbell(0).unwrap().host().post_level(VMPL, 0x41).unwrap();
@@ -54,7 +54,7 @@ ktest::suite! {
         f.vmsa(0).unwrap().set_rflags(2);
         f.cycle(0, GuestRun { open_window: false, ..GuestRun::NORMAL }).unwrap();
         f.write_msr(0, SELF_IPI, 0x41).unwrap();
-        f.vmsa(0).unwrap().set_rflags(vmsa::RFLAGS_IF);
+        f.vmsa(0).unwrap().set_rflags(altinj_vmsa::RFLAGS_IF);
         f.before_run(0).unwrap();
         // The host waits for this EOI: it must not be skipped lazily.
         assert_eq!(f.caa[0].load(core::sync::atomic::Ordering::Acquire), 0);

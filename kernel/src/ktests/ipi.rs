@@ -2,7 +2,7 @@
 
 use core::sync::atomic::Ordering;
 
-use vmsa::{EventInj, RFLAGS_IF, VmsaAccess, VmsaPage};
+use altinj_vmsa::{EventInj, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 use super::{four_vcpus, icr_fixed};
 use crate::engine::{Env, VcpuEngine};
@@ -67,7 +67,7 @@ fn vcpu_1_handed_back() -> Fixture<4> {
 
 const ICR: u64 = 0x830;
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn ipi_to_a_running_vcpu_is_posted_and_kicks_it() {
         let mut f = four_vcpus();
         f.before_run(1).unwrap();
@@ -308,7 +308,7 @@ ktest::suite! {
         let vm = crate::VmShared::new();
         let fabric = Fabric::new(&shared, &vm);
         let platform = RacingPlatform { mock: MockPlatform::new(), slot: &shared[0], vector: 0x66 };
-        let doorbell = doorbell::DoorbellPage::new();
+        let doorbell = altinj_doorbell::DoorbellPage::new();
         let env = Env::new(&platform, fabric, &doorbell);
         let mut vmsa = VmsaPage::new();
         vmsa.set_rflags(RFLAGS_IF);

@@ -33,7 +33,7 @@ pub mod slots;
 pub mod timer;
 
 /// Every test of the crate.
-pub const ALL: &[&[ktest::Test]] = &[
+pub const ALL: &[&[altinj_ktest::Test]] = &[
     parts::TESTS,
     busy_audit::TESTS,
     flow::TESTS,

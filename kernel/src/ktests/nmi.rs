@@ -1,6 +1,6 @@
 //! NMI delivery (spec §2, §6): EVENTINJ type 2 or V_NMI, collapse, masks.
 
-use vmsa::{EventInj, EventType, VmsaAccess};
+use altinj_vmsa::{EventInj, EventType, VmsaAccess};
 
 use super::{VMPL, one_vcpu};
 use crate::testing::{GuestRun, hw_run, is_intr};
@@ -11,7 +11,7 @@ fn enable_v_nmi(f: &mut crate::testing::Fixture<4>) {
     vmsa.set_vintr_ctrl(ctrl.with_v_nmi_enable(true));
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn nmi_goes_through_eventinj_type_2_without_v_nmi() {
         let mut f = one_vcpu();
         f.doorbell(0).unwrap().host().post_nmi(VMPL).unwrap();

@@ -1,7 +1,7 @@
 //! The building blocks: mailbox, fabric, protocol decoding, registration,
 //! NMI state, counters.
 
-use apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
+use altinj_apic::{ApicAddress, ApicMode, Destination, DestinationFormat};
 
 use crate::fabric::{Fabric, VcpuShared, VmShared, pack_address, unpack_address, x2apic_ldr};
 use crate::mailbox::{Mailbox, Post};
@@ -15,7 +15,7 @@ use crate::registration::{ConfigureStep, RegistrationCount};
 /// VM-wide state for the fabric tests (the registration count is unused).
 static VM: VmShared = VmShared::new();
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn mailbox_close_takes_what_is_left_and_later_posts_go_back_to_the_sender() {
         let mb = Mailbox::new();
         assert_eq!(mb.post(0x40), Post::Kick);

@@ -3,15 +3,15 @@
 
 use core::sync::atomic::Ordering;
 
-use doorbell::DescriptorStatus;
-use vmsa::VmsaAccess;
+use altinj_doorbell::DescriptorStatus;
+use altinj_vmsa::VmsaAccess;
 
 use super::{VMPL, one_vcpu};
 use crate::protocol::{ApicCall, ResultCode, configure, feature};
 use crate::registration::Registration;
 use crate::testing::{Fixture, GuestRun};
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn query_features_reports_timer_and_lazy_eoi() {
         let mut f = one_vcpu();
         let r = f.call(0, ApicCall::QueryFeatures).unwrap();
@@ -183,7 +183,7 @@ ktest::suite! {
         assert_eq!(f.engine(0).unwrap().registration(), Registration::On);
         assert!(f.shared[0].present());
         // The pending vector is neither lost nor duplicated.
-        f.vmsa(0).unwrap().set_rflags(vmsa::RFLAGS_IF);
+        f.vmsa(0).unwrap().set_rflags(altinj_vmsa::RFLAGS_IF);
         let d = f.cycle(0, GuestRun::NORMAL).unwrap();
         assert!(crate::testing::is_intr(d.event, 0x41));
         let d = f.cycle(0, GuestRun::NORMAL).unwrap();

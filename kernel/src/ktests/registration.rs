@@ -10,7 +10,7 @@ fn configure(f: &mut Fixture<4>, i: usize, op: u64) -> CallResult {
     f.call(i, ApicCall::Configure(op)).unwrap()
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn registration_count_is_shared_by_all_vcpus() {
         let mut f = four_vcpus();
         assert_eq!(configure(&mut f, 0, configure::REGISTER).rcx, Some(2));

@@ -2,7 +2,7 @@
 //! §15.7.2): what the engine presented and hardware took, and exceptions
 //! the guest raised itself; everything else is dropped and counted.
 
-use vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess};
+use altinj_vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess};
 
 use super::{VMPL, one_vcpu};
 use crate::testing::{Fixture, GuestRun, hw_run, is_intr};
@@ -22,7 +22,7 @@ fn forged(f: &Fixture<4>) -> u64 {
     f.engine(0).unwrap().counters().forged_exit_events
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn forged_intr_in_exit_int_info_is_never_injected() {
         let mut f = one_vcpu();
         for (n, vector) in [16u8, 20, 30, 31, 0x41, 0xFF].into_iter().enumerate() {

@@ -2,7 +2,7 @@
 //! separate allocations, reached through `VcpuSlots`, routes exactly as the
 //! contiguous table does.
 
-use vmsa::{RFLAGS_IF, VmsaAccess, VmsaPage};
+use altinj_vmsa::{RFLAGS_IF, VmsaAccess, VmsaPage};
 
 use super::icr_fixed;
 use crate::VmShared;
@@ -17,7 +17,7 @@ fn engine(
     i: usize,
     platform: &MockPlatform,
     fabric: Fabric<'_>,
-    doorbell: &doorbell::DoorbellPage,
+    doorbell: &altinj_doorbell::DoorbellPage,
 ) -> VcpuEngine {
     let env = Env::new(platform, fabric, doorbell);
     let mut e = VcpuEngine::new(Fixture::<4>::config(i), fabric).unwrap();
@@ -36,7 +36,7 @@ fn delivered(e: &mut VcpuEngine, env: &Env<'_, MockPlatform>) -> u32 {
     e.apic().irr().len() + u32::from(vmsa.event_inj().valid())
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn fabric_with_slots_over_a_table_uses_it_as_one() {
         let table = [const { VcpuShared::new() }; 3];
         let vm = VmShared::new();
@@ -53,7 +53,7 @@ ktest::suite! {
         let fabric = Fabric::with_slots(&lookup, &vm);
         assert!(!fabric.is_contiguous());
         let platform = MockPlatform::new();
-        let doorbells = [const { doorbell::DoorbellPage::new() }; 3];
+        let doorbells = [const { altinj_doorbell::DoorbellPage::new() }; 3];
         let mut e0 = engine(0, &platform, fabric, &doorbells[0]);
         let mut e2 = engine(2, &platform, fabric, &doorbells[2]);
         let env0 = Env::new(&platform, fabric, &doorbells[0]);
@@ -72,7 +72,7 @@ ktest::suite! {
         let vm = VmShared::new();
         let fabric = Fabric::with_slots(&lookup, &vm);
         let platform = MockPlatform::new();
-        let doorbells = [const { doorbell::DoorbellPage::new() }; 4];
+        let doorbells = [const { altinj_doorbell::DoorbellPage::new() }; 4];
         let mut engines = [0, 2, 3].map(|i| (i, engine(i, &platform, fabric, &doorbells[i])));
         let env0 = Env::new(&platform, fabric, &doorbells[0]);
         // Fixed, all excluding self (shorthand 11), vector 0xFC.
@@ -92,7 +92,7 @@ ktest::suite! {
         let vm = VmShared::new();
         let fabric = Fabric::with_slots(&lookup, &vm);
         let platform = MockPlatform::new();
-        let doorbells = [const { doorbell::DoorbellPage::new() }; 4];
+        let doorbells = [const { altinj_doorbell::DoorbellPage::new() }; 4];
         let mut engines: [VcpuEngine; 4] =
             core::array::from_fn(|i| engine(i, &platform, fabric, &doorbells[i]));
         let env0 = Env::new(&platform, fabric, &doorbells[0]);

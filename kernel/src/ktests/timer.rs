@@ -1,7 +1,7 @@
 //! The APIC timer against the platform timer (spec §4 #HV timer): no expiry
 //! is lost to a register write, and the platform timer never stalls.
 
-use vmsa::{EventInj, VmsaAccess};
+use altinj_vmsa::{EventInj, VmsaAccess};
 
 use super::one_vcpu;
 use crate::testing::{Fixture, GuestRun, is_intr};
@@ -18,7 +18,7 @@ fn tsc_deadline_vcpu() -> Fixture<4> {
     f
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn tsc_deadline_rewrite_after_expiry_keeps_the_expired_deadline() {
         let mut f = tsc_deadline_vcpu();
         f.write_msr(0, TSC_DEADLINE, 100).unwrap();

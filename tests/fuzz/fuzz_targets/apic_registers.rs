@@ -12,7 +12,7 @@
 //! timer deadline is `None` or after `now`.
 #![no_main]
 
-use apic::{
+use altinj_apic::{
     ApicConfig, ApicMode, Ipi, LocalApic, LocalInterrupt, MSR_APIC_BASE, MSR_LVT_CMCI, MSR_PPR,
     MSR_TPR, Trigger,
 };

@@ -9,7 +9,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use kernel::protocol::ResultCode;
+use altinj_kernel::protocol::ResultCode;
 use libfuzzer_sys::fuzz_target;
 use sim::fuzzing::{Harness, RunChoice};
 

@@ -6,7 +6,7 @@
 //! The simulator allocates: a global allocator (`linked_list_allocator`)
 //! serves it from a static heap in .bss. Meanwhile the real #HV path stays
 //! alive: the local APIC timer raises #HV (vector 28) every
-//! [`HV_PERIOD_NS`], the handler runs `kernel::handle_hv` on VMPL0's doorbell
+//! [`HV_PERIOD_NS`], the handler runs `altinj_kernel::handle_hv` on VMPL0's doorbell
 //! page, and each timer #HV posts the next VMPL0 vector (`hv::host_posts`),
 //! which the following one takes. A line after the table gives the counts.
 //!
@@ -179,7 +179,7 @@ pub fn run(args: &str) -> ! {
     let posted_sum = host_posts::POSTED_SUM.load(Ordering::SeqCst);
     println!(
         "  {:<44} {:>14}",
-        "real #HV (vector 28) via kernel::handle_hv",
+        "real #HV (vector 28) via altinj_kernel::handle_hv",
         alloc::format!("{hv_entries} ({timer_hv} from the LAPIC timer)")
     );
     println!(

@@ -1,5 +1,5 @@
 //! The #HV (vector 28) handler of the test kernel, which runs the engine's #HV
-//! logic (`kernel::handle_hv`), and a test-only hypervisor model.
+//! logic (`altinj_kernel::handle_hv`), and a test-only hypervisor model.
 //!
 //! In the SVSM the hypervisor posts VMPL0's events to the #HV doorbell page and
 //! injects #HV (AMD APM vol. 2 §15.36.16; GHCB spec 56421 "#HV doorbell page").
@@ -10,7 +10,7 @@
 //!
 //! Two optional hooks run in the handler after the engine call, for the tests
 //! and the demo (both touch atomics only, as the real handler may):
-//! - [`guests::set`]: the simulated vCPUs of a `kernel::testing::Fixture`.
+//! - [`guests::set`]: the simulated vCPUs of a `altinj_kernel::testing::Fixture`.
 //!   Each #HV then also acts as their hypervisor and as their other vCPUs:
 //!   it posts vectors into their doorbell pages and IPI mailboxes and runs
 //!   `handle_hv` for the target, wherever the main flow is in its engine
@@ -20,9 +20,9 @@
 
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use doorbell::DoorbellPage;
-use doorbell::host::PostError;
-use kernel::{HvEvents, VcpuShared};
+use altinj_doorbell::DoorbellPage;
+use altinj_doorbell::host::PostError;
+use altinj_kernel::{HvEvents, VcpuShared};
 
 use crate::idt::HV_VECTOR;
 use crate::{cpu, lapic};
@@ -106,10 +106,10 @@ pub fn on_hv() {
 /// The #HV logic proper: the engine's `handle_hv` on this CPU's doorbell page
 /// and shared slot, as the SVSM's handler calls it (docs/integration.md).
 fn hv_handler_body() {
-    let events = kernel::handle_hv(
+    let events = altinj_kernel::handle_hv(
         &DOORBELL,
         &SHARED,
-        kernel::Vmpl0Tpr::from_tpr(VMPL0_TPR.load(Ordering::Relaxed)),
+        altinj_kernel::Vmpl0Tpr::from_tpr(VMPL0_TPR.load(Ordering::Relaxed)),
     );
     record(&events);
 }
@@ -297,7 +297,8 @@ pub mod guests {
                 // The target's #HV, run here: in the SVSM it runs on the target's
                 // CPU, wherever that CPU is in its run loop.
                 if page.host().raise_no_further_signal() {
-                    let events = kernel::handle_hv(page, slot, kernel::Vmpl0Tpr::ZERO);
+                    let events =
+                        altinj_kernel::handle_hv(page, slot, altinj_kernel::Vmpl0Tpr::ZERO);
                     if events.vmpl_events != 0 {
                         GUEST_HV_NOTED.fetch_add(1, Ordering::SeqCst);
                     }

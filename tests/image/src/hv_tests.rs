@@ -1,6 +1,6 @@
 //! The image's own in-kernel tests: #HV on vector 28, raised synchronously
 //! (`int 28`) and asynchronously by the local APIC timer, against the real IDT,
-//! with the handler running the engine's `kernel::handle_hv`. They check the
+//! with the handler running the engine's `altinj_kernel::handle_hv`. They check the
 //! engine-level results (VMPL0 vector taken or deferred by TPR, NMI, #MC,
 //! per-VMPL events, NoFurtherSignal cleared) on both paths, deferral while
 //! IF = 0, and that async #HVs landing in the middle of the engine's own
@@ -16,14 +16,14 @@
 
 use core::sync::atomic::Ordering::SeqCst;
 
-use doorbell::DoorbellFlags;
-use kernel::protocol::{ApicCall, ResultCode};
-use kernel::testing::{Fixture, GUEST_VMPL, GuestRun, hw_run};
-use kernel::{Env, Fabric};
+use altinj_doorbell::DoorbellFlags;
+use altinj_kernel::protocol::{ApicCall, ResultCode};
+use altinj_kernel::testing::{Fixture, GUEST_VMPL, GuestRun, hw_run};
+use altinj_kernel::{Env, Fabric};
 
 /// The VM-wide state (registration count) of the guests these tests drive.
-static VM: kernel::VmShared = kernel::VmShared::new();
-use vmsa::EventType;
+static VM: altinj_kernel::VmShared = altinj_kernel::VmShared::new();
+use altinj_vmsa::EventType;
 
 use crate::hv::{DOORBELL, GUESTS, STATS, VMPL0_TPR, guests, model};
 use crate::idt::HV_VECTOR;
@@ -95,15 +95,15 @@ const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
 fn guest_cycle(
     i: usize,
     cut: bool,
-    platform: &kernel::testing::MockPlatform,
-    shared: &[kernel::VcpuShared; GUESTS],
-    doorbells: &[doorbell::DoorbellPage; GUESTS],
+    platform: &altinj_kernel::testing::MockPlatform,
+    shared: &[altinj_kernel::VcpuShared; GUESTS],
+    doorbells: &[altinj_doorbell::DoorbellPage; GUESTS],
     caa: &[core::sync::atomic::AtomicU8; GUESTS],
-    engine: &mut kernel::VcpuEngine,
-    vmsa: &mut vmsa::VmsaPage,
+    engine: &mut altinj_kernel::VcpuEngine,
+    vmsa: &mut altinj_vmsa::VmsaPage,
 ) -> u64 {
     let env = Env::new(platform, Fabric::new(shared, &VM), &doorbells[i])
-        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn kernel::caa::NoEoiByte));
+        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn altinj_kernel::caa::NoEoiByte));
     guests::IN_ENGINE.store(true, SeqCst);
     engine.before_run(&env, vmsa).unwrap();
     guests::IN_ENGINE.store(false, SeqCst);
@@ -140,7 +140,7 @@ fn guest_cycle(
     }
     for _ in 0..eoi_calls {
         let eoi = ApicCall::WriteRegister {
-            msr: u64::from(apic::MSR_EOI),
+            msr: u64::from(altinj_apic::MSR_EOI),
             value: 0,
         };
         let outcome = engine.handle_apic_call(&env, eoi);
@@ -149,7 +149,7 @@ fn guest_cycle(
     got.iter().flatten().count() as u64
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn hv_sync_int28_runs_handler() {
         quiet();
         let before = snap();

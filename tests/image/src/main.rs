@@ -1,5 +1,5 @@
 //! Bootable test image: a tiny x86_64 kernel that runs every crate's in-kernel
-//! unit tests (`ktest::suite!`) under QEMU, with a real IDT and real interrupts.
+//! unit tests (`altinj_ktest::suite!`) under QEMU, with a real IDT and real interrupts.
 //!
 //! QEMU boots it with `-kernel` through the PVH entry (`boot`); it sets up serial
 //! output on COM1, an IDT whose vector 28 (#HV) runs the #HV logic (`hv`), the

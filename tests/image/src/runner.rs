@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
-use ktest::Test;
+use altinj_ktest::Test;
 
 use crate::serial::{print, println};
 use crate::{boot, cpu, hv, lapic};
@@ -16,10 +16,10 @@ use crate::{boot, cpu, hv, lapic};
 /// `ktests::ALL: &[&[Test]]` are listed as is, crates exposing only
 /// `ktests::TESTS` as `&[TESTS]`.
 const GROUPS: &[&[&[Test]]] = &[
-    vmsa::ktests::ALL,
-    &[doorbell::ktests::TESTS],
-    apic::ktests::ALL,
-    kernel::ktests::ALL,
+    altinj_vmsa::ktests::ALL,
+    &[altinj_doorbell::ktests::TESTS],
+    altinj_apic::ktests::ALL,
+    altinj_kernel::ktests::ALL,
     &[crate::hv_tests::TESTS],
     &[
         crate::svm::quirks::TESTS,

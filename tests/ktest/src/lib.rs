@@ -25,7 +25,7 @@ pub struct Test {
 ///
 /// ```
 /// mod ktests {
-///     ktest::suite! {
+///     altinj_ktest::suite! {
 ///         fn one_plus_one_is_two() {
 ///             assert_eq!(1 + 1, 2);
 ///         }

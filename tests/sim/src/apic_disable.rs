@@ -20,7 +20,7 @@
 
 use alloc::vec;
 
-use kernel::protocol::ResultCode;
+use altinj_kernel::protocol::ResultCode;
 
 use crate::guest::{Call, SetupStep};
 use crate::platform::Effect;

@@ -19,8 +19,8 @@
 
 use alloc::{format, string::String, vec::Vec};
 
-use kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
-use vmsa::{EventInj, EventType, ExitCode, ExitKind, RFLAGS_IF, VmsaAccess};
+use altinj_kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
+use altinj_vmsa::{EventInj, EventType, ExitCode, ExitKind, RFLAGS_IF, VmsaAccess};
 
 use crate::guest::{Call, Frame, FrameKind, HOSTILE_CALLS, SELF_IPI_VECTOR, SetupStep};
 use crate::ledger::Debit;
@@ -38,7 +38,7 @@ pub(crate) enum Op {
 }
 
 impl Sim {
-    pub(crate) fn vmsa_mut(&mut self, i: usize) -> Option<&mut vmsa::VmsaPage> {
+    pub(crate) fn vmsa_mut(&mut self, i: usize) -> Option<&mut altinj_vmsa::VmsaPage> {
         self.m.vmsas.get_mut(i)
     }
 
@@ -176,8 +176,8 @@ impl Sim {
             }
             self.stats.hv_entries = self.stats.hv_entries.saturating_add(1);
             let events = match (self.m.doorbells.get(i), self.m.shared.get(i)) {
-                (Some(d), Some(s)) => kernel::handle_hv(d, s, kernel::Vmpl0Tpr::ZERO),
-                _ => kernel::HvEvents::default(),
+                (Some(d), Some(s)) => altinj_kernel::handle_hv(d, s, altinj_kernel::Vmpl0Tpr::ZERO),
+                _ => altinj_kernel::HvEvents::default(),
             };
             if events.is_empty() {
                 self.stats.spurious_hv = self.stats.spurious_hv.saturating_add(1);

@@ -6,10 +6,12 @@
 use alloc::{format, string::String, vec, vec::Vec};
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use doorbell::DoorbellPage;
-use kernel::protocol::CallResult;
-use kernel::{Env, Fabric, VcpuEngine, VcpuShared, VmShared};
-use vmsa::{EFER_SVME, EventInj, EventType, ExitCode, RFLAGS_IF, VIntrCtrl, VmsaAccess, VmsaPage};
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::protocol::CallResult;
+use altinj_kernel::{Env, Fabric, VcpuEngine, VcpuShared, VmShared};
+use altinj_vmsa::{
+    EFER_SVME, EventInj, EventType, ExitCode, RFLAGS_IF, VIntrCtrl, VmsaAccess, VmsaPage,
+};
 
 use crate::platform::{Effect, SimPlatform};
 
@@ -123,7 +125,11 @@ impl Harness {
             Fabric::new(&self.shared, &self.vm),
             self.doorbells.get(i)?,
         )
-        .with_no_eoi_byte(self.caa.get(i).map(|b| b as &dyn kernel::caa::NoEoiByte));
+        .with_no_eoi_byte(
+            self.caa
+                .get(i)
+                .map(|b| b as &dyn altinj_kernel::caa::NoEoiByte),
+        );
         let engine = self.engines.get_mut(i)?;
         let vmsa = self.vmsas.get_mut(i)?;
         Some(f(engine, &env, vmsa))
@@ -195,7 +201,7 @@ impl Harness {
     /// VMPL0's #HV handler on vCPU `i`.
     pub fn hv(&mut self, i: usize) {
         if let (Some(d), Some(s)) = (self.doorbells.get(i), self.shared.get(i)) {
-            let _ = kernel::handle_hv(d, s, kernel::Vmpl0Tpr::ZERO);
+            let _ = altinj_kernel::handle_hv(d, s, altinj_kernel::Vmpl0Tpr::ZERO);
         }
     }
 

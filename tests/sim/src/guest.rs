@@ -9,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use kernel::protocol::ResultCode;
+use altinj_kernel::protocol::ResultCode;
 
 use crate::scenario::Profile;
 

@@ -5,8 +5,8 @@
 
 use alloc::format;
 
-use kernel::protocol::{CallResult, ResultCode, configure};
-use vmsa::{ExitCode, VmsaAccess};
+use altinj_kernel::protocol::{CallResult, ResultCode, configure};
+use altinj_vmsa::{ExitCode, VmsaAccess};
 
 use crate::cpu::Op;
 use crate::guest::{
@@ -279,7 +279,7 @@ impl Sim {
                     .shared
                     .get(j)
                     .and_then(|s| s.address())
-                    .is_some_and(|a| a.mode != apic::ApicMode::Disabled)
+                    .is_some_and(|a| a.mode != altinj_apic::ApicMode::Disabled)
         });
         if let Some(j) = target {
             self.credit_ipi(from, Dest::Physical(j as u32), vector, false);
@@ -322,7 +322,7 @@ impl Sim {
                     .shared
                     .get(j)
                     .and_then(|s| s.address())
-                    .is_some_and(|a| a.mode != apic::ApicMode::Disabled);
+                    .is_some_and(|a| a.mode != altinj_apic::ApicMode::Disabled);
                 if !nmi
                     && vector >= 16
                     && !handed_back

@@ -3,8 +3,8 @@
 //! the deregistration moments, TSC-deadline re-arms and the hostile
 //! guest's calls (`docs/simulator.md`, "Guest OS").
 
-use kernel::protocol::configure;
-use vmsa::VmsaAccess;
+use altinj_kernel::protocol::configure;
+use altinj_vmsa::VmsaAccess;
 
 use crate::cpu::{EXIT_HLT, Op};
 use crate::guest::{Call, Dest, Frame, FrameKind, HOSTILE_CALLS, IPI_VECTORS, SELF_IPI_VECTOR};
@@ -217,7 +217,7 @@ impl Sim {
             .engines
             .get(i)
             .and_then(Option::as_ref)
-            .is_some_and(kernel::VcpuEngine::machine_check_pending);
+            .is_some_and(altinj_kernel::VcpuEngine::machine_check_pending);
         // Even vCPUs wait for the timer, odd ones for a #MC.
         if i.is_multiple_of(2) { timer_due } else { mc }
     }
@@ -269,7 +269,7 @@ impl Sim {
                 v.host_nmi
                     || v.host_apic
                         .as_ref()
-                        .and_then(apic::LocalApic::highest_deliverable)
+                        .and_then(altinj_apic::LocalApic::highest_deliverable)
                         .is_some()
             });
             if pending {

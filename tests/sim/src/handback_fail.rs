@@ -16,8 +16,8 @@ use alloc::{format, vec::Vec};
 
 use core::sync::atomic::Ordering;
 
-use apic::VectorSet;
-use vmsa::{EventType, VmsaAccess};
+use altinj_apic::VectorSet;
+use altinj_vmsa::{EventType, VmsaAccess};
 
 use crate::guest::{Call, FrameKind};
 use crate::world::{GUEST_VMPL, Sabotage, Sim};
@@ -167,7 +167,9 @@ impl Sim {
             && g.handback_failures == 0
             && top.kind == FrameKind::Intr
             && top.work > 0)
-            .then_some(Call::Configure(kernel::protocol::configure::DEREGISTER))
+            .then_some(Call::Configure(
+                altinj_kernel::protocol::configure::DEREGISTER,
+            ))
     }
 
     /// The guest reads the answer to a CONFIGURE whose hand-back failed:
@@ -176,11 +178,11 @@ impl Sim {
     pub(crate) fn complete_failed_handback(
         &mut self,
         i: usize,
-        res: Option<kernel::protocol::CallResult>,
+        res: Option<altinj_kernel::protocol::CallResult>,
     ) {
         let call = self.vcpus.get_mut(i).and_then(|v| v.guest.call.take());
         let code = res.map(|r| r.code);
-        if code != Some(kernel::protocol::ResultCode::InvalidRequest) {
+        if code != Some(altinj_kernel::protocol::ResultCode::InvalidRequest) {
             self.violation(
                 i,
                 format!("{call:?} with a failed disable-AI answered {code:?}, want InvalidRequest"),

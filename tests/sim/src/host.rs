@@ -11,7 +11,7 @@
 
 use alloc::{format, vec, vec::Vec};
 
-use apic::{RequestOutcome, Trigger};
+use altinj_apic::{RequestOutcome, Trigger};
 
 use crate::guest::{DEVICE_VECTORS, TIMER_VECTOR};
 use crate::platform::Effect;
@@ -312,7 +312,7 @@ impl Sim {
                 .engines
                 .get(j)
                 .and_then(Option::as_ref)
-                .is_some_and(kernel::VcpuEngine::machine_check_pending)
+                .is_some_and(altinj_kernel::VcpuEngine::machine_check_pending)
             || self.vcpus.get(j).is_some_and(|v| v.host_mc);
         let handed_back = self.vcpus.get(j).is_some_and(|v| v.handed_back);
         let posted = !mc_busy
@@ -452,8 +452,8 @@ fn kick_targets(from: usize, icr: u64, vcpus: usize) -> Vec<usize> {
 
 /// Whether an #HV IPI's ICR forwards a guest IPI (any vector but the
 /// notification vector, or NMI delivery) rather than kicking the target's
-/// VMPL0: the host tells them apart by vector (`kernel::platform::forward_icr`).
+/// VMPL0: the host tells them apart by vector (`altinj_kernel::platform::forward_icr`).
 fn is_forward(icr: u64) -> bool {
     let nmi = (icr >> 8) & 0b111 == 0b100;
-    nmi || icr as u8 != kernel::platform::DEFAULT_NOTIFICATION_VECTOR
+    nmi || icr as u8 != altinj_kernel::platform::DEFAULT_NOTIFICATION_VECTOR
 }

@@ -4,7 +4,7 @@
 
 use core::sync::atomic::Ordering;
 
-use doorbell::DescriptorStatus;
+use altinj_doorbell::DescriptorStatus;
 
 use crate::guest::{DEVICE_VECTORS, TIMER_VECTOR};
 use crate::world::{GUEST_VMPL, NEVER, Sim};

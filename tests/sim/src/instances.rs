@@ -21,8 +21,8 @@
 
 use core::sync::atomic::Ordering;
 
-use doorbell::DescriptorStatus;
-use vmsa::{EventType, VmsaAccess};
+use altinj_doorbell::DescriptorStatus;
+use altinj_vmsa::{EventType, VmsaAccess};
 
 use crate::guest::TIMER_VECTOR;
 use crate::ledger::Pending;
@@ -119,7 +119,7 @@ impl Sim {
         let deadline = if v.handed_back {
             v.host_apic
                 .as_ref()
-                .and_then(apic::LocalApic::next_timer_deadline)
+                .and_then(altinj_apic::LocalApic::next_timer_deadline)
         } else {
             self.m
                 .engines

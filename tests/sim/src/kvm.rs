@@ -6,11 +6,11 @@
 use alloc::{format, vec, vec::Vec};
 use core::sync::atomic::Ordering;
 
-use apic::{LocalApic, VectorSet};
-use doorbell::DescriptorStatus;
-use kernel::platform::DisableAiRequest;
-use vmsa::rules::{self, Reinjection, VirqOutcome};
-use vmsa::{EventType, SevFeatures, VmsaAccess};
+use altinj_apic::{LocalApic, VectorSet};
+use altinj_doorbell::DescriptorStatus;
+use altinj_kernel::platform::DisableAiRequest;
+use altinj_vmsa::rules::{self, Reinjection, VirqOutcome};
+use altinj_vmsa::{EventType, SevFeatures, VmsaAccess};
 
 use crate::guest::{Dest, TIMER_VECTOR};
 use crate::world::{GUEST_VMPL, Sim};
@@ -64,10 +64,14 @@ impl Sim {
         }
         let config = crate::world::engine_config(j).apic;
         let mut state = LocalApic::new(config).save();
-        state.apic_base = apic::APIC_DEFAULT_BASE
-            | apic::APIC_BASE_EN
-            | apic::APIC_BASE_EXTD
-            | if j == 0 { apic::APIC_BASE_BSP } else { 0 };
+        state.apic_base = altinj_apic::APIC_DEFAULT_BASE
+            | altinj_apic::APIC_BASE_EN
+            | altinj_apic::APIC_BASE_EXTD
+            | if j == 0 {
+                altinj_apic::APIC_BASE_BSP
+            } else {
+                0
+            };
         state.svr = 0x1FF;
         state.tpr = request.tpr;
         state.irr = irr;
@@ -77,13 +81,13 @@ impl Sim {
         let timer_on = self.vcpus.get(j).is_some_and(|v| v.guest.timer_on);
         if timer_on && let Some(period) = self.profile.timer_period {
             let now = self.now;
-            let _ = host_apic.write_msr(apic::MSR_TIMER_DIVIDE, 0xB, now);
+            let _ = host_apic.write_msr(altinj_apic::MSR_TIMER_DIVIDE, 0xB, now);
             let _ = host_apic.write_msr(
-                apic::MSR_LVT_TIMER,
+                altinj_apic::MSR_LVT_TIMER,
                 (1 << 17) | u64::from(TIMER_VECTOR),
                 now,
             );
-            let _ = host_apic.write_msr(apic::MSR_TIMER_INITIAL, period, now);
+            let _ = host_apic.write_msr(altinj_apic::MSR_TIMER_INITIAL, period, now);
         }
         if let Some(vmsa) = self.m.vmsas.get_mut(j) {
             let features = vmsa.sev_features();
@@ -151,7 +155,7 @@ impl Sim {
             return;
         };
         if v.host_mc && !vmsa.event_inj().valid() {
-            vmsa.set_event_inj(vmsa::EventInj::exception(18, None));
+            vmsa.set_event_inj(altinj_vmsa::EventInj::exception(18, None));
             v.host_mc = false;
         }
         let ctrl = vmsa.vintr_ctrl();

@@ -5,7 +5,9 @@
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
-use kernel::platform::{DisableAiRequest, DoorbellRequest, NoTimer, Platform, PlatformError};
+use altinj_kernel::platform::{
+    DisableAiRequest, DoorbellRequest, NoTimer, Platform, PlatformError,
+};
 
 /// A GHCB call the engine made, for the hypervisor model.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

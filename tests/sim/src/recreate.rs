@@ -38,10 +38,10 @@
 
 use alloc::format;
 
-use doorbell::DoorbellPage;
-use kernel::mailbox::Post;
-use kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
-use kernel::{Fabric, VcpuEngine};
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::mailbox::Post;
+use altinj_kernel::platform::DEFAULT_NOTIFICATION_VECTOR;
+use altinj_kernel::{Fabric, VcpuEngine};
 
 use crate::guest::{Call, Dest, Guest, IPI_VECTORS};
 use crate::ledger::Pending;

@@ -8,7 +8,7 @@ use alloc::{
 
 use core::fmt::Write as _;
 
-use kernel::Counters;
+use altinj_kernel::Counters;
 
 /// Everything counted during a run. Engine counters are summed over the
 /// vCPUs at the end ([`Stats::absorb_engine`]); the rest is counted by the

@@ -5,7 +5,7 @@
 //! Actors, each with the time of its next action: every vCPU (its guest
 //! runs a batch of instructions, or its run ended and VMPL0 / the host must
 //! act), every vCPU's timer (armed by the engine through
-//! [`Platform::arm_timer`](kernel::Platform::arm_timer), or by the host's
+//! [`Platform::arm_timer`](altinj_kernel::Platform::arm_timer), or by the host's
 //! APIC after a hand-back), every IOAPIC line, the edge device source and
 //! the hostile injector. A step takes the actor with the earliest time
 //! (ties: lowest index), sets the clock to it and runs it. All choices come
@@ -15,10 +15,10 @@
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::AtomicU8;
 
-use apic::LocalApic;
-use doorbell::DoorbellPage;
-use kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared, VmShared};
-use vmsa::{EFER_SVME, RFLAGS_IF, SevFeatures, VIntrCtrl, VmsaAccess, VmsaPage};
+use altinj_apic::LocalApic;
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::{EngineConfig, Env, Fabric, VcpuEngine, VcpuShared, VmShared};
+use altinj_vmsa::{EFER_SVME, RFLAGS_IF, SevFeatures, VIntrCtrl, VmsaAccess, VmsaPage};
 
 use crate::guest::Guest;
 use crate::ledger::Ledger;
@@ -42,15 +42,15 @@ pub fn engine_config(i: usize) -> EngineConfig {
     EngineConfig {
         index: i,
         host_apic_id: id,
-        apic: apic::ApicConfig {
+        apic: altinj_apic::ApicConfig {
             apic_id: id,
             bsp: i == 0,
             ticks_per_bus_cycle: 1,
             directed_eoi: false,
-            ..apic::ApicConfig::default()
+            ..altinj_apic::ApicConfig::default()
         },
         guest_vmpl: GUEST_VMPL,
-        notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
+        notification_vector: altinj_kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
         emulate: true,
     }
 }
@@ -98,7 +98,7 @@ impl Machine {
         f: impl FnOnce(
             &mut VcpuEngine,
             &Env<'_, SimPlatform>,
-            &mut kernel::busy_audit::BusyAudit<'_, VmsaPage>,
+            &mut altinj_kernel::busy_audit::BusyAudit<'_, VmsaPage>,
         ) -> R,
     ) -> Option<(R, u32, Option<&'static str>)> {
         let Machine {
@@ -117,8 +117,8 @@ impl Machine {
             Fabric::new(shared.as_slice(), vm),
             doorbells.get(i)?,
         )
-        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn kernel::caa::NoEoiByte));
-        let mut vmsa = kernel::busy_audit::BusyAudit::new(vmsas.get_mut(i)?);
+        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn altinj_kernel::caa::NoEoiByte));
+        let mut vmsa = altinj_kernel::busy_audit::BusyAudit::new(vmsas.get_mut(i)?);
         let r = f(engine, &env, &mut vmsa);
         Some((r, vmsa.writes_while_runnable(), vmsa.first_field()))
     }
@@ -377,7 +377,7 @@ impl Sim {
         f: impl FnOnce(
             &mut VcpuEngine,
             &Env<'_, SimPlatform>,
-            &mut kernel::busy_audit::BusyAudit<'_, VmsaPage>,
+            &mut altinj_kernel::busy_audit::BusyAudit<'_, VmsaPage>,
         ) -> R,
     ) -> Option<R> {
         let (r, writes, first) = self.m.with_engine(i, f)?;
@@ -579,7 +579,7 @@ impl Sim {
                 if !v.halted {
                     // The run is cut by the host interrupt (exit code INTR).
                     if let Some(vmsa) = self.m.vmsas.get_mut(i) {
-                        vmsa.set_exit_code(vmsa::ExitCode(0x60));
+                        vmsa.set_exit_code(altinj_vmsa::ExitCode(0x60));
                     }
                 }
             }

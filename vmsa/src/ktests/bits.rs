@@ -2,7 +2,7 @@
 
 use crate::{EventInj, EventType, ExitCode, ExitKind, SevFeatures, VIntrCtrl};
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn vintr_ctrl_fields_land_at_spec_bits() {
         let raw = |c: VIntrCtrl| c.into_bits();
         let zero = VIntrCtrl::new();

@@ -8,7 +8,7 @@ pub mod view;
 use crate::{EventInj, ExitCode, SevFeatures, VIntrCtrl, VmsaAccess};
 
 /// Every test of this crate, for the in-kernel runner.
-pub const ALL: &[&[ktest::Test]] = &[bits::TESTS, page::TESTS, rules::TESTS, view::TESTS];
+pub const ALL: &[&[altinj_ktest::Test]] = &[bits::TESTS, page::TESTS, rules::TESTS, view::TESTS];
 
 /// A VMSA with plain fields that keeps the default BUSY methods, as a
 /// foreign VMSA type (COCONUT-SVSM's) would.

@@ -37,7 +37,7 @@ const FIELDS: [FieldSetter; 16] = [
     }),
 ];
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn page_is_one_aligned_4k_page() {
         assert_eq!(core::mem::size_of::<VmsaPage>(), 4096);
         assert_eq!(core::mem::align_of::<VmsaPage>(), 4096);

@@ -53,7 +53,7 @@ fn assert_rejected(info: EventInj) {
     assert_eq!(p.exit_int_info(), EventInj::new());
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn exit_int_info_not_valid_changes_nothing() {
         let mut p = VmsaPage::new();
         // V = 0 with other bits set: nothing was being delivered.

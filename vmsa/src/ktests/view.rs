@@ -30,7 +30,7 @@ struct ForeignVmsa {
 #[repr(C, align(4096))]
 struct MappedPage(ForeignVmsa);
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn view_mut_writes_land_in_the_svsms_own_vmsa_fields() {
         let mut page = MappedPage::new_zeroed();
         page.0.rip = 0x1234;

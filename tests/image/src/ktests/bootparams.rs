@@ -26,7 +26,7 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn plan_puts_the_kernel_at_pref_address_and_the_initrd_at_the_top_of_ram() {
         let buf = image();
         let bz = BzImage::parse(&buf).unwrap();

@@ -9,7 +9,7 @@ fn image() -> [u8; SYNTHETIC_LEN] {
     buf
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn parse_accepts_a_64bit_bzimage_and_finds_its_kernel() {
         let buf = image();
         let bz = BzImage::parse(&buf).unwrap();

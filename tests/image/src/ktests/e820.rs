@@ -2,7 +2,7 @@
 
 use crate::linux::e820::{E820Error, E820Map, MAX_ENTRIES, RAM, RESERVED};
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn add_keeps_entries_sorted_by_address() {
         let mut map = E820Map::new();
         map.add(0x10_0000, 0x100_0000, RAM).unwrap();

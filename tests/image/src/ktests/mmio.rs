@@ -13,7 +13,7 @@ const ESI: Gpr = Gpr {
     high8: false,
 };
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn mov_r32_from_mem_is_a_4_byte_read_into_the_register() {
         // mov eax, [rdi - 0xA03000] (native_apic_mem_read's readl)
         let insn = decode(&[0x8B, 0x87, 0x00, 0xD0, 0x5F, 0xFF, 0xC3]).unwrap();

@@ -1,4 +1,4 @@
-//! Unit tests of the loader and the MMIO decoder (`ktest::suite!`: run by
+//! Unit tests of the loader and the MMIO decoder (`altinj_ktest::suite!`: run by
 //! `cargo test -p image` and by the image's in-kernel runner). The test on
 //! Debian's real kernel needs the file and std: `tests/debian_kernel.rs`.
 // Test code: a failing unwrap or index is a failing test.
@@ -16,7 +16,8 @@ pub mod e820;
 pub mod mmio;
 
 /// Every suite, for the in-kernel runner.
-pub const ALL: &[&[ktest::Test]] = &[bzimage::TESTS, e820::TESTS, bootparams::TESTS, mmio::TESTS];
+pub const ALL: &[&[altinj_ktest::Test]] =
+    &[bzimage::TESTS, e820::TESTS, bootparams::TESTS, mmio::TESTS];
 
 /// A synthetic bzImage: protocol 2.15, relocatable, 64-bit entry, setup_sects
 /// = 3 (kernel at file offset 0x800), 0x800 bytes of "kernel", preferred

@@ -5,8 +5,8 @@
 
 use core::arch::asm;
 
+use altinj_vmsa::VmsaAccess;
 use guest_boot::mmio::{self, Access, Gpr, MmioInsn};
-use vmsa::VmsaAccess;
 
 use crate::svm::hw::off;
 use crate::svm::vmcb::Vcpu;

@@ -9,9 +9,9 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use doorbell::DoorbellPage;
-use kernel::platform::{DisableAiRequest, DoorbellRequest};
-use kernel::{NoTimer, Platform, PlatformError, VcpuShared};
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::platform::{DisableAiRequest, DoorbellRequest};
+use altinj_kernel::{NoTimer, Platform, PlatformError, VcpuShared};
 
 use crate::{cpu, lapic};
 
@@ -26,7 +26,7 @@ pub static DOORBELLS: [DoorbellPage; MAX_VCPUS] = [const { DoorbellPage::new() }
 /// The fabric's slots.
 pub static SLOTS: [VcpuShared; MAX_VCPUS] = [const { VcpuShared::new() }; MAX_VCPUS];
 /// The VM-wide state (registration count, spec §5).
-pub static VM: kernel::VmShared = kernel::VmShared::new();
+pub static VM: altinj_kernel::VmShared = altinj_kernel::VmShared::new();
 
 /// Whether a Linux run is in progress (the IDT routes 28 and 32-254 here).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -166,7 +166,7 @@ pub fn on_hv() {
     };
     for (k, (page, slot)) in DOORBELLS.iter().zip(SLOTS.iter()).enumerate() {
         if pending & (1 << k) != 0 {
-            let _ = kernel::handle_hv(page, slot, kernel::Vmpl0Tpr::ZERO);
+            let _ = altinj_kernel::handle_hv(page, slot, altinj_kernel::Vmpl0Tpr::ZERO);
         }
     }
     lapic::eoi();

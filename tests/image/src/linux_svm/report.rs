@@ -4,8 +4,8 @@
 
 use core::sync::atomic::Ordering;
 
-use kernel::{Counters, VcpuEngine};
-use vmsa::{EventInj, EventType, VIntrCtrl, VmsaAccess};
+use altinj_kernel::{Counters, VcpuEngine};
+use altinj_vmsa::{EventInj, EventType, VIntrCtrl, VmsaAccess};
 
 use super::LinuxConfig;
 use super::host;

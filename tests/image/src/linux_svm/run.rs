@@ -7,14 +7,14 @@
 
 use core::arch::asm;
 
+use altinj_kernel::protocol::{ApicCall, ResultCode};
+use altinj_kernel::{Env, Fabric};
 use core::cell::UnsafeCell;
 use core::ops::Range;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, Ordering};
 use guest_boot::linux::bootparams::Layout;
-use kernel::protocol::{ApicCall, ResultCode};
-use kernel::{Env, Fabric};
 
-use vmsa::{EventInj, EventType, VIntrCtrl, VmsaAccess};
+use altinj_vmsa::{EventInj, EventType, VIntrCtrl, VmsaAccess};
 
 use super::host::{self, DOORBELLS, GUEST_VMPL, LinuxPlatform, MAX_VCPUS, REAL_CPUS, SLOTS, VM};
 use super::report::{Report, Stop};
@@ -25,7 +25,7 @@ use crate::svm::host::{HOST_TIMER_VECTOR, KICK_VECTOR};
 use crate::svm::hw::{self, Page, exit, off};
 use crate::svm::vmcb::{self, Vcpu};
 use crate::{cpu, lapic, time};
-use kernel::VcpuEngine as Engine;
+use altinj_kernel::VcpuEngine as Engine;
 
 /// Interval of the progress line.
 const PROGRESS_MS: u64 = 5_000;
@@ -151,7 +151,8 @@ pub fn run(cfg: LinuxConfig, layout: &Layout) -> Report {
         v.gprs.rsi = layout.zero_page;
         v.break_recall = cfg.broken;
         v.sev_features.store(
-            (vmsa::SevFeatures::SNP_ACTIVE | vmsa::SevFeatures::ALTERNATE_INJECTION).bits(),
+            (altinj_vmsa::SevFeatures::SNP_ACTIVE | altinj_vmsa::SevFeatures::ALTERNATE_INJECTION)
+                .bits(),
             Ordering::SeqCst,
         );
     }
@@ -483,7 +484,8 @@ impl World {
     /// creation request (`smp`). The destination is ICR bits 63:32 in x2APIC
     /// mode, the ICR high register's bits 31:24 in xAPIC mode.
     fn start_ap(&mut self, k: usize, icr: u64, request: smp::StartIpi) -> Option<Option<u64>> {
-        let x2apic = parts(k).is_some_and(|(e, _)| e.apic().mode() == apic::ApicMode::X2Apic);
+        let x2apic =
+            parts(k).is_some_and(|(e, _)| e.apic().mode() == altinj_apic::ApicMode::X2Apic);
         let dest = if x2apic {
             icr >> 32
         } else {
@@ -714,7 +716,7 @@ impl World {
 /// The vector `before_run` presented, through EVENTINJ or V_IRQ.
 fn presented_vector(vcpu: &Vcpu) -> Option<u8> {
     let ev = vcpu.event_inj();
-    if ev.valid() && ev.event_type() == vmsa::EventType::Intr {
+    if ev.valid() && ev.event_type() == altinj_vmsa::EventType::Intr {
         return Some(ev.vector());
     }
     let ctrl = vcpu.vintr_ctrl();

@@ -12,8 +12,8 @@
 //! VMCB) and lets the run loop schedule it. Later SIPIs are ignored, as a
 //! started CPU ignores them.
 
-use apic::ApicConfig;
-use kernel::{EngineConfig, Fabric, VcpuEngine};
+use altinj_apic::ApicConfig;
+use altinj_kernel::{EngineConfig, Fabric, VcpuEngine};
 
 use super::host::{GUEST_VMPL, SLOTS, VM};
 use crate::svm::hw::{self, Page, off};
@@ -57,7 +57,7 @@ pub fn new_engine(k: usize, x2apic: bool, ticks_per_bus_cycle: u32) -> Option<Vc
             ..Default::default()
         },
         guest_vmpl: GUEST_VMPL,
-        notification_vector: kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
+        notification_vector: altinj_kernel::platform::DEFAULT_NOTIFICATION_VECTOR,
         emulate: true,
     };
     let mut engine = VcpuEngine::new(config, Fabric::new(&SLOTS, &VM)).ok()?;

@@ -9,7 +9,7 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use kernel::VcpuEngine;
+use altinj_kernel::VcpuEngine;
 
 use super::host::{LinuxPlatform, MAX_VCPUS};
 use crate::svm::vmcb::Vcpu;

@@ -1,7 +1,7 @@
 //! The host's side of a hand-back (spec §5 CONFIGURE): once a guest
 //! deregisters and the engine hands its APIC back (descriptor writeback,
 //! disable-AI), the "hypervisor" emulates that vCPU's APIC itself, as a
-//! host without Alternate Injection would: a plain `apic::LocalApic`, fed
+//! host without Alternate Injection would: a plain `altinj_apic::LocalApic`, fed
 //! by the descriptor the engine wrote back and by the guest IPIs the other
 //! vCPUs' engines forward with the #HV IPI call (`platform::forward_icr`),
 //! injected through EVENTINJ when the guest can take an interrupt, its
@@ -9,9 +9,9 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use apic::{ApicConfig, LocalApic, Trigger, WriteEffect};
-use doorbell::DoorbellPage;
-use vmsa::{EventInj, RFLAGS_IF, VmsaAccess};
+use altinj_apic::{ApicConfig, LocalApic, Trigger, WriteEffect};
+use altinj_doorbell::DoorbellPage;
+use altinj_vmsa::{EventInj, RFLAGS_IF, VmsaAccess};
 
 use super::host::GUEST_VMPL;
 use super::ledger::{self, MAX_VCPUS};

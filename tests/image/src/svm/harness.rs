@@ -13,10 +13,10 @@
 use core::ops::Range;
 use core::sync::atomic::Ordering;
 
-use apic::ApicConfig;
-use kernel::protocol::{ApicCall, ResultCode};
-use kernel::{EngineConfig, Env, Fabric, VcpuEngine};
-use vmsa::{EventInj, SevFeatures, VmsaAccess};
+use altinj_apic::ApicConfig;
+use altinj_kernel::protocol::{ApicCall, ResultCode};
+use altinj_kernel::{EngineConfig, Env, Fabric, VcpuEngine};
+use altinj_vmsa::{EventInj, SevFeatures, VmsaAccess};
 
 use super::devices::Devices;
 use super::guest::{self, HCALL, OP_DONE, OP_POST_SELF, OP_QUIESCE, Program, vec};
@@ -310,7 +310,7 @@ impl TimerWatch {
         let ev = vcpu.event_inj();
         let injected = !self.eventinj_busy
             && ev.valid()
-            && ev.event_type() == vmsa::EventType::Intr
+            && ev.event_type() == altinj_vmsa::EventType::Intr
             && ev.vector() == vec::TIMER;
         if engine.apic().irr().contains(vec::TIMER) || injected {
             HOST.add(k, usize::from(vec::TIMER));
@@ -448,7 +448,7 @@ impl<'a> World<'a> {
             let presented =
                 vcpu.event_inj().valid() || vmcb::apm_virq_deliverable(vcpu.vintr_ctrl());
             // An NMI delivered through EVENTINJ stays in service until the
-            // next exit (kernel::nmi, no IRET signal without vNMI): a pending
+            // next exit (altinj_kernel::nmi, no IRET signal without vNMI): a pending
             // one needs that exit, so the halted guest runs once more.
             let nmi_waits = engine.nmi().pending();
             if !presented && !nmi_waits {
@@ -662,7 +662,7 @@ impl<'a> World<'a> {
         let rax = vcpu.rax();
         if rax >> 32 == 3 {
             let result = engine.handle_apic_call_in_vmsa(&env, vcpu);
-            if engine.registration() == kernel::registration::Registration::HandedBack
+            if engine.registration() == altinj_kernel::registration::Registration::HandedBack
                 && let Some(slot @ None) = self.handed.get_mut(k)
                 && let Some(page) = self.run.doorbells.get(k)
             {

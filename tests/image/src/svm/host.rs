@@ -7,9 +7,9 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use doorbell::DoorbellPage;
-use kernel::platform::DisableAiRequest;
-use kernel::{NoTimer, Platform, PlatformError, VcpuShared, VmShared};
+use altinj_doorbell::DoorbellPage;
+use altinj_kernel::platform::DisableAiRequest;
+use altinj_kernel::{NoTimer, Platform, PlatformError, VcpuShared, VmShared};
 
 use super::guest::vec;
 use super::harness::RunConfig;
@@ -164,7 +164,7 @@ pub fn on_hv() {
             let mine = flags(k).is_some_and(|f| f.apic_id.load(Ordering::SeqCst) == me);
             let bit = 1u32 << k;
             if mine && HV_PENDING.fetch_and(!bit, Ordering::SeqCst) & bit != 0 {
-                let _ = kernel::handle_hv(page, slot, kernel::Vmpl0Tpr::ZERO);
+                let _ = altinj_kernel::handle_hv(page, slot, altinj_kernel::Vmpl0Tpr::ZERO);
             }
         }
     }
@@ -257,7 +257,10 @@ impl Platform for HostPlatform {
     fn configure_notification_vector(&self, _v: u8) -> Result<(), PlatformError> {
         Ok(())
     }
-    fn doorbell_page(&self, _r: kernel::platform::DoorbellRequest) -> Result<u64, PlatformError> {
+    fn doorbell_page(
+        &self,
+        _r: altinj_kernel::platform::DoorbellRequest,
+    ) -> Result<u64, PlatformError> {
         Ok(0)
     }
     fn now(&self) -> u64 {

@@ -2,7 +2,7 @@
 //! docs/testing.md, "The SVM harness").
 //!
 //! - `hw`: SVM enable, VMCB layout, MSR permission map, VMRUN;
-//! - `vmcb`: the VMCB behind `vmsa::VmsaAccess` (BUSY beside it) and the
+//! - `vmcb`: the VMCB behind `altinj_vmsa::VmsaAccess` (BUSY beside it) and the
 //!   harness fix-ups of QEMU's quirks;
 //! - `guest`: the guest programs, their IDT and handlers (guest ledger);
 //! - `harness`: the run loop, platform, exits, #HV through the real LAPIC;

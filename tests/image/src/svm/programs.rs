@@ -24,7 +24,7 @@ fn passes(program: Program, rounds: u32, seed: u64) {
     }
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn svm_timer_ticks_match_the_ledger_on_4_vcpus() {
         passes(Program::Timer, 10, 1);
     }

@@ -10,9 +10,9 @@
     clippy::arithmetic_side_effects
 )]
 
-use kernel::protocol::{ApicCall, ResultCode};
-use kernel::{EngineConfig, Env, Fabric, VcpuEngine};
-use vmsa::{EventInj, VIntrCtrl, VmsaAccess};
+use altinj_kernel::protocol::{ApicCall, ResultCode};
+use altinj_kernel::{EngineConfig, Env, Fabric, VcpuEngine};
+use altinj_vmsa::{EventInj, VIntrCtrl, VmsaAccess};
 
 use super::guest::{self, LAST_ERROR};
 use super::harness::{RunConfig, init_vmcb};
@@ -45,7 +45,7 @@ fn queue(vcpu: &mut Vcpu, vector: u8, tpr: u8) {
     vcpu.set_vintr_ctrl(ctrl);
 }
 
-ktest::suite! {
+altinj_ktest::suite! {
     fn svm_vmrun_runs_a_guest_to_its_vmmcall() {
         let mut vcpu = spinning_guest();
         hw::vmrun(&vcpu.vmcb, &mut vcpu.gprs);
@@ -184,7 +184,7 @@ impl Rig {
         let config = EngineConfig {
             index: 0,
             host_apic_id: 0,
-            apic: apic::ApicConfig {
+            apic: altinj_apic::ApicConfig {
                 apic_id: 0,
                 bsp: true,
                 ticks_per_bus_cycle: 1,
@@ -222,7 +222,7 @@ pub mod cut {
     )]
     use super::*;
 
-    ktest::suite! {
+    altinj_ktest::suite! {
         fn qemu_quirk_v_irq_cut_by_npf_reports_exception_type_and_engine_delivers_once() {
             let mut rig = Rig::new();
             let mut engine = rig.engine();
@@ -249,7 +249,7 @@ pub mod cut {
             assert!(info.valid() && info.vector() == 0x95, "EXITINTINFO {:#x}", info.into_bits());
             assert_eq!(
                 info.event_type(),
-                vmsa::EventType::Exception,
+                altinj_vmsa::EventType::Exception,
                 "QEMU reported the cut V_IRQ as {:?}: quirk fixed?",
                 info.event_type()
             );

@@ -6,7 +6,7 @@
 
 use core::sync::atomic::Ordering;
 
-use kernel::VcpuEngine;
+use altinj_kernel::VcpuEngine;
 
 use super::guest::vec;
 use super::harness::RunConfig;

@@ -1,4 +1,4 @@
-//! A real VMCB behind the engine's `vmsa::VmsaAccess`, and the "hardware"
+//! A real VMCB behind the engine's `altinj_vmsa::VmsaAccess`, and the "hardware"
 //! the engine drives: QEMU's VMRUN plus the harness fix-ups that make it
 //! behave as the APM says (docs/testing.md, "QEMU's SVM quirks").
 //!
@@ -11,7 +11,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use vmsa::{EventInj, ExitCode, SevFeatures, VIntrCtrl, VmsaAccess};
+use altinj_vmsa::{EventInj, ExitCode, SevFeatures, VIntrCtrl, VmsaAccess};
 
 use super::hw::{self, Gprs, Page, V_INTR_MASKING, VMSA_INT_SHADOW, exit, off};
 
@@ -296,7 +296,7 @@ pub fn run(vcpu: &mut Vcpu) -> u64 {
         }
         let info = EventInj::from_bits(vcpu.vmcb.get(off::EXIT_INT_INFO));
         if info.valid()
-            && info.event_type() == vmsa::EventType::Exception
+            && info.event_type() == altinj_vmsa::EventType::Exception
             && info.vector() >= 32
             && VIntrCtrl::from_bits(vcpu.ctrl_word()).v_irq()
         {
