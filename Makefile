@@ -8,16 +8,22 @@ NO_STD_TARGET := x86_64-unknown-none
 LIB_CRATES := -p altinj-vmsa -p altinj-doorbell -p altinj-apic -p altinj-kernel
 NIGHTLY ?= nightly
 
-.PHONY: all build test image-test svm-test linux-test soak soak-seeds lint fmt doc bench bench-instr miri run sim fuzz loom msrv example package clean linux-guest linux-direct
+.PHONY: all no-std-target build test image-test svm-test linux-test soak soak-seeds lint fmt doc bench bench-instr miri run sim fuzz loom msrv example package clean linux-guest linux-direct
 
 all: build test
 
-build:
+# The pinned toolchain's no_std target. rustup installs it with the toolchain
+# from rust-toolchain.toml, but not when that toolchain was already installed
+# without it (seen on this project's machines).
+no-std-target:
+	rustup target add $(NO_STD_TARGET) >/dev/null 2>&1 || true
+
+build: no-std-target
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) build --target $(NO_STD_TARGET) $(LIB_CRATES)
 	$(CARGO) build --target $(NO_STD_TARGET) -p sim --no-default-features
 
-test:
+test: no-std-target
 	$(CARGO) test --workspace
 	$(MAKE) loom
 	$(MAKE) image-test
@@ -118,7 +124,7 @@ PUBLISHED := $(LIB_CRATES) -p altinj-ktest
 package:
 	CARGO_TARGET_DIR=target/package $(CARGO) package --allow-dirty $(PUBLISHED)
 
-lint:
+lint: no-std-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target $(NO_STD_TARGET) $(LIB_CRATES) -- -D warnings
