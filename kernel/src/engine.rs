@@ -178,6 +178,11 @@ pub struct ExitInfo {
 enum InEventInj {
     /// An APIC vector, already in ISR.
     Apic(u8),
+    /// An APIC vector re-injected from EXITINTINFO: its delivery had
+    /// begun, so it stays in service and in EVENTINJ until the guest takes
+    /// it; recalled to IRR it would merge with a later instance (issue 9
+    /// path 2).
+    ReinjectedApic(u8),
     /// An NMI.
     Nmi,
     /// #MC.
@@ -200,10 +205,6 @@ pub struct VcpuEngine {
     notification_vector: u8,
     /// What the engine put in EVENTINJ for the run in flight.
     eventinj: Option<InEventInj>,
-    /// The APIC vector in EVENTINJ is a re-injection (EXITINTINFO): its
-    /// delivery had begun, so it is in service and never returns to IRR,
-    /// where a later instance would merge with it (issue 9 path 2).
-    eventinj_reinjected: bool,
     /// Vector queued in V_IRQ for the run in flight.
     virq: Option<u8>,
     /// V_TPR written before the run (a different value after the exit means
@@ -257,7 +258,6 @@ impl VcpuEngine {
             guest_vmpl: config.guest_vmpl,
             notification_vector: config.notification_vector,
             eventinj: None,
-            eventinj_reinjected: false,
             virq: None,
             written_v_tpr: 0,
             lazy_eoi_armed: false,

@@ -124,9 +124,8 @@ impl VcpuEngine {
     /// did not happen (module doc, step 2); returns INT_SHADOW.
     fn take_back_presented<V: VmsaAccess + ?Sized>(&mut self, vmsa: &mut V) -> bool {
         let ctrl = vmsa.vintr_ctrl();
-        self.eventinj_reinjected = false;
         match self.eventinj {
-            Some(InEventInj::Apic(v)) => {
+            Some(InEventInj::Apic(v) | InEventInj::ReinjectedApic(v)) => {
                 if self.recall(v) {
                     vmsa.set_event_inj(EventInj::new());
                     self.eventinj = None;

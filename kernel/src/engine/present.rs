@@ -76,7 +76,6 @@ impl VcpuEngine {
             vmsa.set_event_inj(EventInj::external_interrupt(vector));
             self.apic.acknowledge(vector);
             self.eventinj = Some(InEventInj::Apic(vector));
-            self.eventinj_reinjected = false;
             bump(&mut self.counters.presented_eventinj);
         } else if !ctrl.v_irq() && rules::queue_v_irq(vmsa, vector).is_ok() {
             // V_INTR_PRIO = the vector's class, V_IGN_TPR = 0: hardware takes

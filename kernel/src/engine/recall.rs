@@ -52,15 +52,14 @@ impl VcpuEngine {
 
         // EVENTINJ still valid: not delivered.
         let presented = self.eventinj.take();
-        let reinjected = core::mem::take(&mut self.eventinj_reinjected);
         let mut nmi_outcome = None;
         let mut keep = None;
         match (presented, run.undelivered_event) {
             // A re-injected vector stays in ISR and in EVENTINJ until the
             // guest takes it: recalled to IRR it would merge with an
             // instance still in the mailbox, drained at the next run.
-            (Some(InEventInj::Apic(v)), Some(ev)) if reinjected => {
-                keep = Some((ev, InEventInj::Apic(v)));
+            (Some(InEventInj::ReinjectedApic(v)), Some(ev)) => {
+                keep = Some((ev, InEventInj::ReinjectedApic(v)));
             }
             (Some(InEventInj::Apic(v)), Some(ev)) => {
                 bump(&mut self.counters.recalled);
@@ -77,7 +76,9 @@ impl VcpuEngine {
                 taken.nmi = true;
                 nmi_outcome = Some(NmiExit::Taken);
             }
-            (Some(InEventInj::Apic(v)), None) => taken.eventinj_vector = Some(v),
+            (Some(InEventInj::Apic(v) | InEventInj::ReinjectedApic(v)), None) => {
+                taken.eventinj_vector = Some(v);
+            }
             (Some(InEventInj::MachineCheck), None) => taken.machine_check = true,
             // An INTR the engine itself re-injected earlier whose vector
             // was no longer in service (the guest EOI'd ahead of it).
@@ -110,7 +111,6 @@ impl VcpuEngine {
                         nmi_outcome = Some(NmiExit::Reinjected);
                     }
                     self.eventinj = Some(owner);
-                    self.eventinj_reinjected = matches!(owner, InEventInj::Apic(_));
                 }
                 Reinjection::Reinjected { event, .. } => {
                     // Not ours to deliver: take it out of EVENTINJ again
@@ -137,7 +137,6 @@ impl VcpuEngine {
             } else {
                 vmsa.set_event_inj(ev);
                 self.eventinj = Some(owner);
-                self.eventinj_reinjected = reinjected && matches!(owner, InEventInj::Apic(_));
             }
         }
 
@@ -215,7 +214,7 @@ impl VcpuEngine {
     pub(super) fn classify_reinjected(&self, event: EventInj) -> InEventInj {
         match event.event_type() {
             EventType::Intr if self.apic.isr().contains(event.vector()) => {
-                InEventInj::Apic(event.vector())
+                InEventInj::ReinjectedApic(event.vector())
             }
             EventType::Nmi => InEventInj::Nmi,
             EventType::Exception if event.vector() == MC_VECTOR => InEventInj::MachineCheck,
