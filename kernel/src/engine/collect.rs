@@ -6,6 +6,7 @@
 use super::{Env, Fatal, InEventInj, VcpuEngine};
 use crate::counters::bump;
 use crate::fabric::VcpuShared;
+use crate::mailbox::Drained;
 use crate::platform::Platform;
 use altinj_apic::{RequestOutcome, Trigger};
 use altinj_doorbell::{Descriptor, DescriptorStatus, PendingInterrupts};
@@ -32,13 +33,7 @@ impl VcpuEngine {
         if slot.mailbox().outstanding() {
             // The drain also clears a failed-kick mark: it takes every post
             // announced so far, so the kick needs no retry.
-            let posted = slot.mailbox().drain();
-            for vector in posted.iter() {
-                let _ = self.apic.request(vector, Trigger::Edge);
-            }
-            if posted.nmi {
-                self.request_nmi();
-            }
+            self.accept_posted(slot.mailbox().drain());
         }
         // Cheap test first: with no deadline and no fire noted, the timer
         // step does nothing.
@@ -121,6 +116,16 @@ impl VcpuEngine {
                 bump(&mut self.counters.host_vectors_rejected);
                 false
             }
+        }
+    }
+
+    /// What other vCPUs posted into the mailbox: edge requests and an NMI.
+    pub(super) fn accept_posted(&mut self, posted: Drained) {
+        for vector in posted.iter() {
+            let _ = self.apic.request(vector, Trigger::Edge);
+        }
+        if posted.nmi {
+            self.request_nmi();
         }
     }
 

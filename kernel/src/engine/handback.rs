@@ -23,7 +23,7 @@
 //!    forwarded by #HV IPI, like every later post (whose sender sees the
 //!    mailbox closed and forwards it).
 
-use altinj_apic::{ApicMode, Trigger};
+use altinj_apic::ApicMode;
 use altinj_doorbell::{Descriptor, DescriptorStatus, HandoffState};
 use altinj_vmsa::{EventInj, RFLAGS_IF, SevFeatures, VmsaAccess};
 
@@ -56,13 +56,7 @@ impl VcpuEngine {
         self.poll_timer_at(now);
         // Whatever is still posted to this vCPU goes to the host too.
         if let Some(slot) = self.slot(env) {
-            let posted = slot.mailbox().drain();
-            for vector in posted.iter() {
-                let _ = self.apic.request(vector, Trigger::Edge);
-            }
-            if posted.nmi {
-                self.request_nmi();
-            }
+            self.accept_posted(slot.mailbox().drain());
         }
         let interrupt_shadow = self.take_back_presented(vmsa);
 

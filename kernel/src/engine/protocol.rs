@@ -286,10 +286,12 @@ impl VcpuEngine {
         let result = match msr {
             m if m == u64::from(altinj_apic::MSR_APIC_BASE) => self.apic.set_apic_base(value),
             m if m == u64::from(altinj_apic::MSR_TSC_DEADLINE) => {
-                // An expiry already due is delivered before the deadline
-                // changes, as for the other timer registers.
-                self.poll_timer_now(env);
-                Ok(self.apic.set_tsc_deadline(value, env.platform.now()))
+                // An expiry already due is delivered (and counted) before
+                // the deadline changes, as for the other timer registers;
+                // one clock read serves both.
+                let now = env.platform.now();
+                self.poll_timer_at(now);
+                Ok(self.apic.set_tsc_deadline(value, now))
             }
             X2APIC_FIRST..=X2APIC_LAST => {
                 // Lossless: at most 0x8FF.
