@@ -77,6 +77,75 @@ pub struct Counters {
     pub protocol_calls: u64,
 }
 
+impl Counters {
+    /// Adds `other` field by field, saturating: the totals of several
+    /// vCPUs (a VM-wide report, a vCPU's engines across a re-creation).
+    pub fn accumulate(&mut self, other: &Counters) {
+        // Destructured, so a new counter cannot be left out of the sum.
+        let Counters {
+            presented_eventinj,
+            presented_virq,
+            virq_behind_tpr,
+            virq_acknowledged,
+            recalled,
+            reinjected,
+            forged_exit_events,
+            lazy_eois,
+            kicks_sent,
+            kick_calls,
+            kicks_suppressed,
+            kick_retries,
+            ipis_forwarded,
+            host_vectors_rejected,
+            host_vectors_accepted,
+            host_level_eois,
+            icrs_refused,
+            ipis_sent,
+            nmis_injected,
+            nmis_collapsed,
+            machine_checks,
+            busy_repairs,
+            timer_fires,
+            timer_early,
+            handback_vectors_lost,
+            platform_errors,
+            spurious_hv,
+            protocol_calls,
+        } = *other;
+        fn add(total: &mut u64, value: u64) {
+            *total = total.saturating_add(value);
+        }
+        add(&mut self.presented_eventinj, presented_eventinj);
+        add(&mut self.presented_virq, presented_virq);
+        add(&mut self.virq_behind_tpr, virq_behind_tpr);
+        add(&mut self.virq_acknowledged, virq_acknowledged);
+        add(&mut self.recalled, recalled);
+        add(&mut self.reinjected, reinjected);
+        add(&mut self.forged_exit_events, forged_exit_events);
+        add(&mut self.lazy_eois, lazy_eois);
+        add(&mut self.kicks_sent, kicks_sent);
+        add(&mut self.kick_calls, kick_calls);
+        add(&mut self.kicks_suppressed, kicks_suppressed);
+        add(&mut self.kick_retries, kick_retries);
+        add(&mut self.ipis_forwarded, ipis_forwarded);
+        add(&mut self.host_vectors_rejected, host_vectors_rejected);
+        add(&mut self.host_vectors_accepted, host_vectors_accepted);
+        add(&mut self.host_level_eois, host_level_eois);
+        add(&mut self.icrs_refused, icrs_refused);
+        add(&mut self.ipis_sent, ipis_sent);
+        add(&mut self.nmis_injected, nmis_injected);
+        add(&mut self.nmis_collapsed, nmis_collapsed);
+        add(&mut self.machine_checks, machine_checks);
+        add(&mut self.busy_repairs, busy_repairs);
+        add(&mut self.timer_fires, timer_fires);
+        add(&mut self.timer_early, timer_early);
+        add(&mut self.handback_vectors_lost, handback_vectors_lost);
+        add(&mut self.platform_errors, platform_errors);
+        add(&mut self.spurious_hv, spurious_hv);
+        add(&mut self.protocol_calls, protocol_calls);
+    }
+}
+
 /// Adds one, saturating.
 #[inline]
 pub(crate) fn bump(counter: &mut u64) {

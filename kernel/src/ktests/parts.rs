@@ -261,6 +261,14 @@ altinj_ktest::suite! {
         assert_eq!(p.doorbell_calls.get(2), Some(crate::platform::ghcb::DOORBELL_SET));
     }
 
+    fn counters_accumulate_adds_every_field_saturating() {
+        let one = crate::Counters { kicks_sent: 2, timer_early: 3, protocol_calls: u64::MAX, ..Default::default() };
+        let mut total = crate::Counters { kicks_sent: 1, protocol_calls: 1, ..Default::default() };
+        total.accumulate(&one);
+        assert_eq!((total.kicks_sent, total.timer_early, total.protocol_calls), (3, 3, u64::MAX));
+        assert_eq!(total.recalled, 0);
+    }
+
     fn vcpu_setup_without_a_host_preferred_gpa_registers_nothing() {
         let p = crate::testing::MockPlatform::new();
         p.no_preferred_doorbell.store(true, core::sync::atomic::Ordering::Release);

@@ -112,38 +112,10 @@ pub struct Stats {
     pub violation_kinds: alloc::collections::BTreeMap<String, u64>,
 }
 
-fn add(a: &mut u64, b: u64) {
-    *a = a.saturating_add(b);
-}
-
 impl Stats {
     /// Adds one engine's counters.
     pub fn absorb_engine(&mut self, _vcpu: usize, c: &Counters) {
-        let e = &mut self.engine;
-        add(&mut e.presented_eventinj, c.presented_eventinj);
-        add(&mut e.presented_virq, c.presented_virq);
-        add(&mut e.virq_acknowledged, c.virq_acknowledged);
-        add(&mut e.recalled, c.recalled);
-        add(&mut e.reinjected, c.reinjected);
-        add(&mut e.lazy_eois, c.lazy_eois);
-        add(&mut e.kicks_sent, c.kicks_sent);
-        add(&mut e.kick_calls, c.kick_calls);
-        add(&mut e.kicks_suppressed, c.kicks_suppressed);
-        add(&mut e.kick_retries, c.kick_retries);
-        add(&mut e.ipis_forwarded, c.ipis_forwarded);
-        add(&mut e.host_vectors_rejected, c.host_vectors_rejected);
-        add(&mut e.host_vectors_accepted, c.host_vectors_accepted);
-        add(&mut e.host_level_eois, c.host_level_eois);
-        add(&mut e.icrs_refused, c.icrs_refused);
-        add(&mut e.ipis_sent, c.ipis_sent);
-        add(&mut e.nmis_injected, c.nmis_injected);
-        add(&mut e.nmis_collapsed, c.nmis_collapsed);
-        add(&mut e.machine_checks, c.machine_checks);
-        add(&mut e.busy_repairs, c.busy_repairs);
-        add(&mut e.timer_fires, c.timer_fires);
-        add(&mut e.platform_errors, c.platform_errors);
-        add(&mut e.spurious_hv, c.spurious_hv);
-        add(&mut e.protocol_calls, c.protocol_calls);
+        self.engine.accumulate(c);
     }
 
     /// World switches (VMPL0 entries: #HV, SVSM calls, exits it handles)

@@ -261,29 +261,7 @@ impl Report {
         if !engine.apic().isr().is_empty() {
             self.in_service_at_end = self.in_service_at_end.saturating_add(1);
         }
-        let t = &mut self.total;
-        t.presented_eventinj = t.presented_eventinj.saturating_add(c.presented_eventinj);
-        t.presented_virq = t.presented_virq.saturating_add(c.presented_virq);
-        t.virq_acknowledged = t.virq_acknowledged.saturating_add(c.virq_acknowledged);
-        t.recalled = t.recalled.saturating_add(c.recalled);
-        t.reinjected = t.reinjected.saturating_add(c.reinjected);
-        t.forged_exit_events = t.forged_exit_events.saturating_add(c.forged_exit_events);
-        t.host_vectors_accepted = t
-            .host_vectors_accepted
-            .saturating_add(c.host_vectors_accepted);
-        t.host_vectors_rejected = t
-            .host_vectors_rejected
-            .saturating_add(c.host_vectors_rejected);
-        t.host_level_eois = t.host_level_eois.saturating_add(c.host_level_eois);
-        t.ipis_sent = t.ipis_sent.saturating_add(c.ipis_sent);
-        t.icrs_refused = t.icrs_refused.saturating_add(c.icrs_refused);
-        t.nmis_injected = t.nmis_injected.saturating_add(c.nmis_injected);
-        t.timer_fires = t.timer_fires.saturating_add(c.timer_fires);
-        t.busy_repairs = t.busy_repairs.saturating_add(c.busy_repairs);
-        t.platform_errors = t.platform_errors.saturating_add(c.platform_errors);
-        t.spurious_hv = t.spurious_hv.saturating_add(c.spurious_hv);
-        t.protocol_calls = t.protocol_calls.saturating_add(c.protocol_calls);
-        t.kicks_sent = t.kicks_sent.saturating_add(c.kicks_sent);
+        self.total.accumulate(&c);
         self.vmruns = self.vmruns.saturating_add(vcpu.fixups.vmruns);
         self.virq_withheld = self.virq_withheld.saturating_add(vcpu.fixups.virq_withheld);
         self.virq_cut = self
