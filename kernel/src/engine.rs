@@ -143,9 +143,9 @@ impl<'a, P: ?Sized> Env<'a, P> {
 
     /// The same, with lazy EOI through the guest's `no_eoi_required` byte
     /// (`None`: without).
-    pub fn with_no_eoi_byte(self, byte: Option<&'a dyn NoEoiByte>) -> Self {
+    pub fn with_no_eoi_byte<B: NoEoiByte>(self, byte: Option<&'a B>) -> Self {
         Self {
-            caa_no_eoi: byte,
+            caa_no_eoi: byte.map(|b| b as &'a dyn NoEoiByte),
             ..self
         }
     }

@@ -13,7 +13,6 @@ use altinj_doorbell::DoorbellPage;
 use altinj_vmsa::{EventInj, EventType, ExitCode, RFLAGS_IF, VmsaAccess, VmsaPage};
 
 use crate::busy_audit::BusyAudit;
-use crate::caa::NoEoiByte;
 use crate::engine::{EngineConfig, Env, ExitInfo, Fatal, VcpuEngine};
 use crate::fabric::{Fabric, VcpuShared, VmShared};
 use crate::platform::{
@@ -508,7 +507,7 @@ impl<const N: usize> Fixture<N> {
             Fabric::new(shared.as_slice(), vm),
             doorbells.get(i)?,
         )
-        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn NoEoiByte));
+        .with_no_eoi_byte(caa.get(i));
         Some((engine, env, vmsas.get_mut(i)?))
     }
 

@@ -102,8 +102,8 @@ fn guest_cycle(
     engine: &mut altinj_kernel::VcpuEngine,
     vmsa: &mut altinj_vmsa::VmsaPage,
 ) -> u64 {
-    let env = Env::new(platform, Fabric::new(shared, &VM), &doorbells[i])
-        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn altinj_kernel::caa::NoEoiByte));
+    let env =
+        Env::new(platform, Fabric::new(shared, &VM), &doorbells[i]).with_no_eoi_byte(caa.get(i));
     guests::IN_ENGINE.store(true, SeqCst);
     engine.before_run(&env, vmsa).unwrap();
     guests::IN_ENGINE.store(false, SeqCst);

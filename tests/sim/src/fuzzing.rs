@@ -125,11 +125,7 @@ impl Harness {
             Fabric::new(&self.shared, &self.vm),
             self.doorbells.get(i)?,
         )
-        .with_no_eoi_byte(
-            self.caa
-                .get(i)
-                .map(|b| b as &dyn altinj_kernel::caa::NoEoiByte),
-        );
+        .with_no_eoi_byte(self.caa.get(i));
         let engine = self.engines.get_mut(i)?;
         let vmsa = self.vmsas.get_mut(i)?;
         Some(f(engine, &env, vmsa))

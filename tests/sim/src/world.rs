@@ -117,7 +117,7 @@ impl Machine {
             Fabric::new(shared.as_slice(), vm),
             doorbells.get(i)?,
         )
-        .with_no_eoi_byte(caa.get(i).map(|b| b as &dyn altinj_kernel::caa::NoEoiByte));
+        .with_no_eoi_byte(caa.get(i));
         let mut vmsa = altinj_kernel::busy_audit::BusyAudit::new(vmsas.get_mut(i)?);
         let r = f(engine, &env, &mut vmsa);
         Some((r, vmsa.writes_while_runnable(), vmsa.first_field()))
