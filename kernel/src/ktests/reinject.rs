@@ -22,6 +22,27 @@ fn forged(f: &Fixture<4>) -> u64 {
     f.engine(0).unwrap().counters().forged_exit_events
 }
 
+/// The host posts `vector` to vCPU 0 and its delivery is cut by a nested
+/// page fault: after the exit it is re-injected (in ISR and EVENTINJ).
+fn reinject_host_vector(f: &mut Fixture<4>, vector: u8) {
+    f.doorbell(0)
+        .unwrap()
+        .host()
+        .post_vector(VMPL, vector)
+        .unwrap();
+    f.before_run(0).unwrap();
+    let vmsa = f.vmsa(0).unwrap();
+    hw_run(
+        vmsa,
+        GuestRun {
+            interrupt_delivery: true,
+            exit: ExitCode::NPF,
+            ..GuestRun::NORMAL
+        },
+    );
+    f.after_exit(0).unwrap();
+}
+
 altinj_ktest::suite! {
     fn forged_intr_in_exit_int_info_is_never_injected() {
         let mut f = one_vcpu();
@@ -190,12 +211,7 @@ altinj_ktest::suite! {
 
     fn recall_keeps_both_instances_of_a_reinjected_vector() {
         let mut f = one_vcpu();
-        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
-        // 0x41's delivery is interrupted: re-injected, in ISR.
-        f.before_run(0).unwrap();
-        let vmsa = f.vmsa(0).unwrap();
-        hw_run(vmsa, GuestRun { interrupt_delivery: true, exit: ExitCode::NPF, ..GuestRun::NORMAL });
-        f.after_exit(0).unwrap();
+        reinject_host_vector(&mut f, 0x41);
         // A second instance arrives; the next run never enters the guest
         // (before_run twice takes back what the first presented).
         f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
@@ -216,12 +232,7 @@ altinj_ktest::suite! {
 
     fn reinjected_vector_is_not_merged_with_an_instance_drained_from_the_mailbox() {
         let mut f = super::four_vcpus();
-        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
-        // 0x41's delivery is interrupted: re-injected, in ISR and EVENTINJ.
-        f.before_run(0).unwrap();
-        let vmsa = f.vmsa(0).unwrap();
-        hw_run(vmsa, GuestRun { interrupt_delivery: true, exit: ExitCode::NPF, ..GuestRun::NORMAL });
-        f.after_exit(0).unwrap();
+        reinject_host_vector(&mut f, 0x41);
         f.before_run(0).unwrap();
         // A second instance from vCPU 1 waits in vCPU 0's mailbox while the
         // host returns without entering the guest (EVENTINJ untouched).
@@ -241,12 +252,8 @@ altinj_ktest::suite! {
 
     fn exit_int_info_of_a_run_that_never_entered_the_guest_is_dropped() {
         let mut f = one_vcpu();
-        f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
         // 0x41 re-injected (ISR, EVENTINJ), a second 0x41 pending in IRR.
-        f.before_run(0).unwrap();
-        let vmsa = f.vmsa(0).unwrap();
-        hw_run(vmsa, GuestRun { interrupt_delivery: true, exit: ExitCode::NPF, ..GuestRun::NORMAL });
-        f.after_exit(0).unwrap();
+        reinject_host_vector(&mut f, 0x41);
         f.doorbell(0).unwrap().host().post_vector(VMPL, 0x41).unwrap();
         f.before_run(0).unwrap();
         // VMRUN fails (EVENTINJ untouched), yet the host claims a #PF was
